@@ -1,0 +1,65 @@
+"""Annealing Self-Distillation Rectification: the rectified label (Eq. 3-5) and the EMA teacher."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rectify_labels(teacher_logits: torch.Tensor, targets: torch.Tensor, tau: float,
+                   lam: float) -> torch.Tensor:
+    """Rectified soft label P(x) of the paper's Eq. 3-5.
+
+    teacher_logits: (B, C) EMA-teacher logits on the clean batch; targets: (B,) class indices.
+    Returns (B, C) probabilities whose largest entry is always the true class.
+    """
+    p_t = F.softmax(teacher_logits.float() / tau, dim=1)  # (B, C), Eq. 3
+    p_pred = p_t.max(dim=1).values  # (B,) P_t(x)^(psi): the teacher's predicted class
+    p_true = p_t.gather(1, targets[:, None]).squeeze(1)  # (B,) P_t(x)^(y)
+    lam_i = (lam - (p_pred - p_true)).clamp(0.0, 1.0)[:, None]  # (B, 1), Eq. 4
+    one_hot = F.one_hot(targets, p_t.shape[1]).to(p_t.dtype)  # (B, C)
+    return lam_i * p_t + (1.0 - lam_i) * one_hot  # (B, C), Eq. 5
+
+
+class EMATeacher(nn.Module):
+    """theta_t <- gamma * theta_t + (1 - gamma) * theta_s after every optimizer step (Sec. 4.2).
+
+    BatchNorm buffers: the running mean and variance are averaged with the same decay as the
+    weights (as the official ADR code and timm's ModelEmaV2 do), not copied from the student. The
+    teacher's weights are an average over recent students, so its normalisation statistics must be
+    the matching average; pairing averaged weights with the latest student's statistics shifts
+    the activations the averaged weights expect. Integer buffers (num_batches_tracked) are copied.
+    The teacher is always in eval mode and never receives gradients.
+    """
+
+    def __init__(self, student: nn.Module, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.module = copy.deepcopy(_unwrap(student)).eval()
+        self.module.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> EMATeacher:  # the teacher never leaves eval mode
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        teacher = self.module.state_dict()
+        for name, value in _unwrap(student).state_dict().items():
+            ema = teacher[name]
+            if ema.dtype.is_floating_point:
+                ema.lerp_(value.to(ema.dtype), 1.0 - self.decay)
+            else:
+                ema.copy_(value)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

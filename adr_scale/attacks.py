@@ -1,0 +1,46 @@
+"""Linf PGD in [0, 1] input space with hard or soft (probability) targets; Eq. 2 of the paper."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Zhang et al.'s TRADES starts its KL attack from x + 0.001 * N(0, I) rather than a uniform draw.
+TRADES_INIT_STD = 0.001
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against class indices (B,) or probabilities (B, C)."""
+    if target.dim() == 1:
+        return F.cross_entropy(logits.float(), target)
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def pgd_linf(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps: float,
+             alpha: float, steps: int, random_start: bool | str = True) -> torch.Tensor:
+    """Projected gradient ascent on the cross-entropy to `target` inside the Linf ball of radius eps.
+
+    x: (B, C, H, W) in [0, 1]; target: (B,) class indices or (B, C) probabilities (ADR's rectified
+    label, or the clean prediction for TRADES, whose KL has the same input gradient as this CE).
+    random_start: True / "uniform" (Madry et al.), "normal" (TRADES) or False. Only input
+    gradients are taken (torch.autograd.grad on delta) and nothing syncs with the host, so the
+    model's parameter gradients are untouched. The caller chooses the model's train/eval mode.
+    Returns the adversarial batch, detached, with |x_adv - x| <= eps and x_adv in [0, 1].
+    """
+    x = x.detach()
+    target = target.detach()
+    if random_start is True or random_start == "uniform":
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+    elif random_start == "normal":
+        delta = TRADES_INIT_STD * torch.randn_like(x)
+    else:
+        delta = torch.zeros_like(x)
+    delta = (x + delta).clamp(0.0, 1.0) - x  # (B, C, H, W)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = soft_cross_entropy(model(x + delta), target)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+        delta = (x + delta).clamp(0.0, 1.0) - x
+    return (x + delta).detach()

@@ -50,13 +50,24 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
-        teacher = self.module.state_dict()
-        for name, value in _unwrap(student).state_dict().items():
-            ema = teacher[name]
-            if ema.dtype.is_floating_point:
-                ema.lerp_(value.to(ema.dtype), 1.0 - self.decay)
-            else:
-                ema.copy_(value)
+        floats_t, floats_s, ints_t, ints_s = self._pairs(student)
+        torch._foreach_lerp_(floats_t, floats_s, 1.0 - self.decay)  # one fused kernel per group
+        torch._foreach_copy_(ints_t, ints_s)
+
+    def _pairs(self, student: nn.Module) -> tuple[list, list, list, list]:
+        """Matching (teacher, student) tensors, cached: state_dict() on every step is slow and
+        load_state_dict copies in place, so the references stay valid."""
+        plain = _unwrap(student)
+        if getattr(self, "_cached_for", None) is not plain:
+            teacher = self.module.state_dict()
+            floats_t, floats_s, ints_t, ints_s = [], [], [], []
+            for name, value in plain.state_dict().items():
+                is_float = teacher[name].dtype.is_floating_point
+                (floats_t if is_float else ints_t).append(teacher[name])
+                (floats_s if is_float else ints_s).append(value.detach())
+            self._cache = (floats_t, floats_s, ints_t, ints_s)
+            object.__setattr__(self, "_cached_for", plain)  # a reference, not a submodule
+        return self._cache
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -96,6 +96,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
     channels_last: bool = False  # NHWC memory layout on CUDA
     compile: bool = False  # torch.compile the model
+    sync_batchnorm: bool = False  # SyncBatchNorm across workers (CUDA only; Ray Train runs)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 50  # steps between progress-bar loss updates (each is one host sync)
     keep_checkpoints: int = 2  # epoch checkpoints kept in checkpoints/ besides best.pt and final.pt

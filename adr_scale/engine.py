@@ -8,10 +8,11 @@ adversarially perturbed weights, AWP) -> update the EMA teacher.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,21 @@ from adr_scale.data import (
     to_float,
     train_batches,
 )
+from adr_scale.distributed import (
+    all_sum,
+    average_gradients,
+    broadcast_buffers,
+    gather_objects,
+    rank_and_world,
+)
 from adr_scale.losses import trades_loss
 from adr_scale.models import create_model
+from adr_scale.report import write_run_outputs
 from adr_scale.rundir import RunDir
 from adr_scale.schedules import cosine_anneal, learning_rate
 
 CHECKPOINT_FORMAT = 1
+PLOT_EVERY_S = 60.0  # PNGs are redrawn at most this often (and at the end)
 
 
 @dataclass
@@ -48,7 +58,7 @@ class TrainState:
     """Everything that changes during training; `checkpoint_state` / `load_state` persist it."""
 
     cfg: RunConfig
-    model: nn.Module  # the student (possibly compiled or wrapped in DDP)
+    model: nn.Module  # the student (possibly compiled)
     ema: EMATeacher  # the ADR teacher, and the WA model
     optimizer: torch.optim.Optimizer
     awp: AdversarialWeightPerturbation | None
@@ -59,6 +69,8 @@ class TrainState:
     epoch: int = 0  # epochs completed
     best_epoch: int = 0
     best_robust_acc: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
+    after_step: Callable[[TrainState], None] | None = None  # e.g. fault injection in tests
 
     @property
     def num_epochs(self) -> int:
@@ -77,10 +89,13 @@ def build_model(cfg: RunConfig, info: DatasetInfo) -> nn.Module:
 
 
 def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.device,
-                wrap: Callable[[nn.Module], nn.Module] | None = None) -> TrainState:
-    """Seeded model, EMA teacher, optimizer and AWP. `wrap` (e.g. DDP) is applied to the student."""
+                ) -> TrainState:
+    """Seeded model, EMA teacher, optimizer and AWP; identical weights on every rank."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, info).to(device)
+    model = build_model(cfg, info)
+    if cfg.train.sync_batchnorm and rank_and_world()[1] > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ema = EMATeacher(model, cfg.adr.ema_decay)
@@ -89,16 +104,21 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
                                 weight_decay=cfg.optim.weight_decay)
     awp = (AdversarialWeightPerturbation(model, cfg.awp.gamma, cfg.awp.proxy_lr)
            if cfg.awp.enabled else None)
-    if wrap is not None:
-        model = wrap(model)
     if cfg.train.compile:
         model = torch.compile(model)
     spe = steps_per_epoch(n_train, cfg.train.batch_size)
     total = cfg.train.epochs * spe
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
+    rank, _ = rank_and_world()
+    if rank > 0:  # rank 0 keeps the single-process stream; other ranks draw their own noise
+        torch.manual_seed(rank_seed(cfg.seed, rank))
     return TrainState(cfg=cfg, model=model, ema=ema, optimizer=optimizer, awp=awp, device=device,
                       steps_per_epoch=spe, total_steps=total)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    return seed + 1_000_003 * rank
 
 
 def schedule_values(state: TrainState) -> tuple[float, float, float]:
@@ -165,7 +185,9 @@ def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor) ->
         else:
             loss = loss_fn(state.model)
             loss.backward()
+    average_gradients(state.model)  # no-op in one process
     state.optimizer.step()
+    broadcast_buffers(_unwrap(state.model))  # every rank keeps rank 0's BN statistics
     state.ema.update(state.model)
     state.step += 1
     return loss.detach()
@@ -179,20 +201,27 @@ def _count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
 def evaluate(model: nn.Module, data: ArrayDataset, *, eps: float, alpha: float, steps: int,
              batch_size: int, device: torch.device,
              amp: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
-    """Clean and PGD-`steps` accuracy of `model` (eval mode) on `data`; one host sync at the end."""
+    """Clean and PGD-`steps` accuracy of `model` (eval mode) on `data`; one host sync at the end.
+
+    Under torch.distributed each rank attacks its contiguous share of the images and the counts
+    are summed.
+    """
     was_training = model.training
     model.eval()
-    clean = torch.zeros((), dtype=torch.long, device=device)
-    robust = torch.zeros((), dtype=torch.long, device=device)
-    for images, labels in eval_batches(data, batch_size, device):
+    rank, world = rank_and_world()
+    share = -(-len(data) // world)
+    part = slice(rank * share, (rank + 1) * share)
+    shard = ArrayDataset(data.images[part], data.labels[part])
+    counts = torch.zeros(2, dtype=torch.long, device=device)  # (clean, robust) correct
+    for images, labels in eval_batches(shard, batch_size, device):
         x = to_float(images)
         with amp or contextlib.nullcontext():
-            clean += _count_correct(model, x, labels)
+            counts[0] += _count_correct(model, x, labels)
             x_adv = pgd_linf(model, x, labels, eps=eps, alpha=alpha, steps=steps)
-            robust += _count_correct(model, x_adv, labels)
+            counts[1] += _count_correct(model, x_adv, labels)
     model.train(was_training)
-    n = len(data)
-    return {"clean_acc": clean.item() / n, "robust_acc": robust.item() / n}
+    clean, robust = all_sum(counts).tolist()
+    return {"clean_acc": clean / len(data), "robust_acc": robust / len(data)}
 
 
 def validate_models(state: TrainState, val: ArrayDataset) -> dict[str, float]:
@@ -201,7 +230,7 @@ def validate_models(state: TrainState, val: ArrayDataset) -> dict[str, float]:
     kwargs = dict(eps=a.eps, alpha=a.alpha, steps=a.eval_steps, batch_size=state.cfg.train.batch_size,
                   device=state.device, amp=autocast(state))
     row = {}
-    for name, model in (("student", state.model), ("ema", state.ema)):
+    for name, model in (("student", _unwrap(state.model)), ("ema", state.ema)):
         for key, value in evaluate(model, val, **kwargs).items():
             row[f"val_{key}_{name}"] = value
     selected = "ema" if state.cfg.train.wa else "student"
@@ -220,6 +249,8 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
         if state.step >= state.total_steps:
             break
         losses.append(train_step(state, images, labels))
+        if state.after_step is not None:
+            state.after_step(state)
         if bar is not None:
             bar.update(1)
             if state.step % cfg.train.log_every == 0:  # the only host sync inside the epoch
@@ -249,7 +280,8 @@ def checkpoint_state(state: TrainState) -> dict[str, Any]:
         "steps_per_epoch": state.steps_per_epoch,
         "best_epoch": state.best_epoch,
         "best_robust_acc": state.best_robust_acc,
-        "rng": rng,
+        "rng": gather_objects(rng),  # one entry per rank
+        "history": state.history,
         "config": to_dict(state.cfg),
     }
 
@@ -264,9 +296,15 @@ def load_state(state: TrainState, ckpt: dict[str, Any]) -> None:
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.step, state.epoch = ckpt["step"], ckpt["epoch"]
     state.best_epoch, state.best_robust_acc = ckpt["best_epoch"], ckpt["best_robust_acc"]
-    torch.set_rng_state(ckpt["rng"]["cpu"])
-    if "cuda" in ckpt["rng"] and state.device.type == "cuda":
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], state.device)
+    state.history = list(ckpt["history"])
+    rank, world = rank_and_world()
+    if len(ckpt["rng"]) == world:  # same world size: every rank continues its own stream
+        rng = ckpt["rng"][rank]
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and state.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], state.device)
+    else:  # a resized job: fresh, still deterministic, streams
+        torch.manual_seed(rank_seed(state.cfg.seed, rank) + 7_919 * state.epoch)
 
 
 def config_of(ckpt: dict[str, Any]) -> RunConfig:
@@ -276,13 +314,42 @@ def config_of(ckpt: dict[str, Any]) -> RunConfig:
 # ---------------------------------------------------------------------------------------------
 # The loop
 
+EpochHook = Callable[[TrainState, dict[str, Any], bool], None]
+
+
+def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epoch_end: EpochHook,
+               *, until_epoch: int | None = None, bar: tqdm | None = None) -> None:
+    """Train epoch by epoch from `state.epoch`; after each, call on_epoch_end(state, row, improved).
+
+    The same loop runs in-process (`fit`) and on every Ray Train worker (`adr_scale.train`).
+    """
+    rank, world = rank_and_world()
+    stop = state.num_epochs if until_epoch is None else min(until_epoch, state.num_epochs)
+    while state.epoch < stop:
+        start = time.perf_counter()
+        row = {"epoch": state.epoch + 1, **train_epoch(state, train, bar, rank, world)}
+        row |= validate_models(state, val)
+        row |= {"step": state.step, "seconds": round(time.perf_counter() - start, 3)}
+        state.epoch += 1
+        improved = row["val_robust_acc"] > state.best_robust_acc
+        if improved:
+            state.best_epoch, state.best_robust_acc = state.epoch, row["val_robust_acc"]
+        state.history.append(row)
+        on_epoch_end(state, row, improved)
+
+
+def epoch_line(state: TrainState, row: dict[str, Any]) -> str:
+    return (f"epoch {row['epoch']}/{state.num_epochs}  loss {row['train_loss']:.4f}  "
+            f"val clean {row['val_clean_acc']:.4f}  val PGD-{state.cfg.attack.eval_steps} "
+            f"{row['val_robust_acc']:.4f}")
+
 
 def fit(cfg: RunConfig, out: str | Path, *, until_epoch: int | None = None,
         progress: bool = True, splits: Splits | None = None) -> dict[str, Any]:
-    """Train `cfg` into run directory `out`, resuming from its latest checkpoint if there is one.
+    """Train `cfg` in this process into run directory `out`, resuming from its latest checkpoint.
 
     until_epoch stops after that many epochs (a later call continues). Returns summary.json's dict
-    (empty when stopped early).
+    (empty when stopped before the end).
     """
     validate(cfg)
     splits = splits or load_splits(cfg.data)  # bad roots fail here, before anything is written
@@ -293,51 +360,28 @@ def fit(cfg: RunConfig, out: str | Path, *, until_epoch: int | None = None,
     latest = run.latest_checkpoint()
     if latest is not None:
         load_state(state, load_checkpoint(latest))
-    run.truncate_metrics(state.epoch)
     train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
-    stop = state.num_epochs if until_epoch is None else min(until_epoch, state.num_epochs)
     bar = tqdm(total=state.total_steps, initial=state.step, desc=f"train {Path(out).name}",
                unit="step", disable=not progress, dynamic_ncols=True)
-    start = time.perf_counter()
-    while state.epoch < stop:
-        row = {"epoch": state.epoch + 1, **train_epoch(state, train, bar)}
-        row |= validate_models(state, splits.val)
-        row |= {"step": state.step, "seconds": round(time.perf_counter() - start, 3)}
-        state.epoch += 1
-        improved = row["val_robust_acc"] > state.best_robust_acc
-        if improved:
-            state.best_epoch, state.best_robust_acc = state.epoch, row["val_robust_acc"]
-        run.append_metrics(row)  # before the checkpoint: a resume truncates rows it lacks
+    last_plot = [time.monotonic()]
+
+    def on_epoch_end(state: TrainState, row: dict[str, Any], improved: bool) -> None:
         ckpt = checkpoint_state(state)
         run.save_epoch(ckpt, state.epoch, cfg.train.keep_checkpoints)
         if improved:
             run.save(ckpt, "best.pt")
-        bar.write(f"epoch {state.epoch}/{state.num_epochs}  loss {row['train_loss']:.4f}  "
-                  f"val clean {row['val_clean_acc']:.4f}  val PGD-{cfg.attack.eval_steps} "
-                  f"{row['val_robust_acc']:.4f}")
-        start = time.perf_counter()
+        finished = state.epoch == state.num_epochs
+        if finished:
+            run.save(ckpt, "final.pt")
+        plots = finished or time.monotonic() - last_plot[0] > PLOT_EVERY_S
+        write_run_outputs(run.path, cfg, state.history, total_steps=state.total_steps,
+                          steps_per_epoch=state.steps_per_epoch, finished=finished, plots=plots)
+        if plots:
+            last_plot[0] = time.monotonic()
+        bar.write(epoch_line(state, row))
+
+    run_epochs(state, train, splits.val, on_epoch_end, until_epoch=until_epoch, bar=bar)
     bar.close()
-    if state.epoch < state.num_epochs:
+    if state.epoch < state.num_epochs or not state.history:
         return {}
-    run.save(checkpoint_state(state), "final.pt")
-    summary = summarize(run.read_metrics(), cfg)
-    run.write_summary(summary)
-    return summary
-
-
-def summarize(rows: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
-    """Best (highest validation robust accuracy) and final epochs, as in the paper's Table 1."""
-    best = max(rows, key=lambda r: (r["val_robust_acc"], -r["epoch"]))
-    final = rows[-1]
-    return {
-        "selected_model": "ema" if cfg.train.wa else "student",
-        "best_epoch": best["epoch"],
-        "best_val_robust_acc": best["val_robust_acc"],
-        "best_val_clean_acc": best["val_clean_acc"],
-        "final_epoch": final["epoch"],
-        "final_val_robust_acc": final["val_robust_acc"],
-        "final_val_clean_acc": final["val_clean_acc"],
-        "robust_overfitting_gap": best["val_robust_acc"] - final["val_robust_acc"],
-        "steps": final["step"],
-        "train_seconds": round(sum(r["seconds"] for r in rows), 1),
-    }
+    return json.loads((run.path / "summary.json").read_text())

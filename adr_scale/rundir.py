@@ -63,7 +63,7 @@ class RunDir:
                 raise ConfigError(f"--out: {str(self.path)!r} holds a run with another config "
                                   f"(differs in {', '.join(changed)}); use another --out "
                                   "or delete that directory")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_file, dump_yaml(cfg))
 
     def latest_checkpoint(self) -> Path | None:
@@ -77,6 +77,7 @@ class RunDir:
                 if (m := _EPOCH_FILE.search(p.name))]
 
     def save_epoch(self, state: dict[str, Any], epoch: int, keep: int) -> Path:
+        self.checkpoints.mkdir(exist_ok=True)
         path = self.checkpoints / f"epoch-{epoch:04d}.pt"
         atomic_torch_save(state, path)
         for _, old in sorted(self._epoch_checkpoints())[:-keep]:

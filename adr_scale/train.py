@@ -1,17 +1,27 @@
-"""`python -m adr_scale.train`: train one configuration into a run directory.
+"""`python -m adr_scale.train`: train one configuration on Ray Train (or in this process).
 
 Examples:
   python -m adr_scale.train --preset smoke --out runs/smoke
-  python -m adr_scale.train --preset cifar100_resnet18_at_adr --set data.root=/data/cifar --out runs/c100
-  python -m adr_scale.train --config runs/c100/config.yaml --set train.epochs=100 --out runs/c100-100
+  python -m adr_scale.train --preset smoke --workers 2 --out runs/smoke-2w
+  python -m adr_scale.train --preset cifar100_resnet18_at_adr --set data.root=/data/cifar \\
+      --workers 8 --gpus-per-worker 1 --address auto --storage-path s3://bucket/adr --out runs/c100
+  python -m adr_scale.train --from-search runs/search-c100 --workers 8 --gpus-per-worker 1 --out runs/c100-long
+  python -m adr_scale.train --preset smoke --workers 0 --out runs/smoke-local   # no Ray at all
 
-Rerunning the same command resumes from the run directory's latest checkpoint.
+Rerunning the same command resumes from the latest checkpoint: run names are deterministic
+(the --out directory's name unless --name is given), never timestamps.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 from adr_scale.config import (
     PRESETS,
@@ -19,9 +29,15 @@ from adr_scale.config import (
     RunConfig,
     apply_overrides,
     dump_yaml,
+    from_dict,
     get_preset,
     load_yaml,
+    to_dict,
+    validate,
 )
+
+STATE_FILE = "state.pt"  # the engine's checkpoint inside each Ray Train checkpoint directory
+HISTORY_FILE = "history.json"  # the epoch rows, small, so the driver need not fetch state.pt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,24 +46,302 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", help="named preset (see --list-presets); default: smoke")
-    source.add_argument("--config", help="YAML config file (e.g. a run's config.yaml)")
+    source.add_argument("--config", help="YAML config file (a run's config.yaml, a search's best.yaml)")
+    source.add_argument("--from-search", metavar="DIR",
+                        help="train the best schedule of a finished search (DIR/best.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override one field, e.g. adr.tau_start=1.5 "
                         "(repeatable)")
     parser.add_argument("--out", help="run directory (created, or resumed if it exists)")
+    parser.add_argument("--name", help="Ray Train run name (default: the --out directory's name)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Ray Train workers (DDP ranks); 0 trains in this process without Ray")
+    parser.add_argument("--gpus-per-worker", type=float, default=0,
+                        help="GPUs per worker; 0 trains on CPUs with gloo, >0 on GPUs with NCCL")
+    parser.add_argument("--cpus-per-worker", type=float, default=1)
+    parser.add_argument("--address", help="join a running Ray cluster ('auto' or host:port); "
+                        "default: start a local Ray")
+    parser.add_argument("--storage-path", help="checkpoint storage: a local directory, s3://, gs:// "
+                        "or a mount shared by every node (default: OUT/ray)")
+    parser.add_argument("--max-failures", type=int, default=3,
+                        help="worker-group restarts from the latest checkpoint before giving up")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit")
     parser.add_argument("--list-presets", action="store_true", help="list preset names and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Test hook: the last rank exits (os._exit) once at this step, as a crashed worker would.
+    parser.add_argument("--fault-at-step", type=int, help=argparse.SUPPRESS)
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    if args.config:
+    if args.from_search:
+        best = Path(args.from_search) / "best.yaml"
+        if not best.is_file():
+            raise ConfigError(f"--from-search: {str(best)!r} does not exist; "
+                              "point it at a finished search's output directory")
+        cfg = load_yaml(best)
+    elif args.config:
         cfg = load_yaml(args.config)
     else:
         cfg = get_preset(args.preset or "smoke")
     return apply_overrides(cfg, args.overrides)
+
+
+def check_scaling(cfg: RunConfig, workers: int, gpus: float, max_failures: int) -> None:
+    if workers < 0:
+        raise ConfigError(f"--workers: invalid value {workers}; allowed: an integer >= 0")
+    if gpus < 0:
+        raise ConfigError(f"--gpus-per-worker: invalid value {gpus}; allowed: a number >= 0")
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures: invalid value {max_failures}; allowed: an integer >= 0")
+    batch = cfg.train.batch_size
+    if workers > 1 and batch % workers:
+        lower, upper = batch - batch % workers, batch + workers - batch % workers
+        raise ConfigError(f"train.batch_size: {batch} does not split evenly across {workers} "
+                          f"workers; use a multiple of {workers}, e.g. "
+                          + (f"{lower} or {upper}" if lower else f"{upper}"))
+    if cfg.train.sync_batchnorm and workers > 1 and gpus == 0:
+        raise ConfigError("train.sync_batchnorm: true needs GPUs (PyTorch's SyncBatchNorm has no "
+                          "CPU kernel); set --gpus-per-worker or train.sync_batchnorm=false")
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-worker loop (runs in every Ray Train worker process)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from adr_scale.data import ArrayDataset, load_splits
+    from adr_scale.engine import build_state, load_checkpoint, load_state, run_epochs
+
+    cfg = validate(from_dict(config["config"], source="train_loop_config"))
+    device = ray.train.torch.get_device()
+    splits = load_splits(cfg.data)
+    state = build_state(cfg, splits.info, len(splits.train), device)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            load_state(state, load_checkpoint(Path(directory) / STATE_FILE))
+    if config.get("fault_at_step") is not None:
+        state.after_step = _fault_injector(config["fault_at_step"], config["fault_marker"])
+    train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
+    run_epochs(state, train, splits.val, _report_epoch)
+
+
+def _report_epoch(state, row: dict[str, Any], improved: bool) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint (state.pt + history.json)."""
+    import json
+
+    import ray.train
+    import torch
+
+    from adr_scale.engine import checkpoint_state
+
+    ckpt = checkpoint_state(state)  # a collective: every rank contributes its RNG state
+    metrics = row | {"improved": improved, "num_epochs": state.num_epochs,
+                     "total_steps": state.total_steps, "steps_per_epoch": state.steps_per_epoch}
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(ckpt, Path(directory) / STATE_FILE)
+        (Path(directory) / HISTORY_FILE).write_text(json.dumps(state.history))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"epoch-{state.epoch:04d}")
+
+
+def _fault_injector(step: int, marker: str):
+    import ray.train
+
+    def maybe_crash(state) -> None:
+        ctx = ray.train.get_context()
+        last_rank = ctx.get_world_rank() == ctx.get_world_size() - 1
+        if state.step == step and last_rank and not os.path.exists(marker):
+            Path(marker).write_text(f"worker crashed at step {step}\n")
+            os._exit(1)  # a real process death: no cleanup, no report
+
+    return maybe_crash
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver side
+
+
+def _make_callback(out: Path, cfg_dict: dict[str, Any]):
+    """A Ray Train callback that runs in the controller (on the driver's node) and keeps the run
+    directory current after every reported checkpoint: metrics, plots, best.pt, final.pt."""
+    from ray.train import UserCallback
+
+    class RunDirectoryCallback(UserCallback):
+        last_plot = 0.0
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            if checkpoint is None:
+                return
+            import json
+
+            from adr_scale.engine import PLOT_EVERY_S
+            from adr_scale.report import write_run_outputs
+
+            cfg = validate(from_dict(cfg_dict))
+            row = metrics[0]
+            fs, base = checkpoint.filesystem, checkpoint.path
+            with fs.open_input_stream(f"{base}/{HISTORY_FILE}") as f:
+                history = json.loads(f.read().decode())
+            finished = row["epoch"] == row["num_epochs"]
+            for wanted, name in ((row["improved"], "best.pt"), (finished, "final.pt")):
+                if wanted:
+                    _copy_from_storage(fs, f"{base}/{STATE_FILE}", out / name)
+            plots = finished or time.monotonic() - self.last_plot > PLOT_EVERY_S
+            write_run_outputs(out, cfg, history, total_steps=row["total_steps"],
+                              steps_per_epoch=row["steps_per_epoch"], finished=finished,
+                              plots=plots)
+            if plots:
+                self.last_plot = time.monotonic()
+
+    return RunDirectoryCallback()
+
+
+def _copy_from_storage(fs, src: str, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with fs.open_input_stream(src) as fin, tmp.open("wb") as fout:
+        while chunk := fin.read(1 << 24):
+            fout.write(chunk)
+    os.replace(tmp, dst)
+
+
+def check_storage_visible(storage: str) -> None:
+    """Refuse a node-local storage path on a multi-node cluster: a probe file written here must be
+    visible from every alive node (a shared mount passes, /tmp on one node does not)."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if "://" in storage:
+        return
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) <= 1:
+        return
+    probe = Path(storage) / f".adr_scale_probe_{uuid.uuid4().hex}"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("probe")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        for node in nodes:
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            if not ray.get(sees.options(scheduling_strategy=strategy).remote(str(probe))):
+                raise ConfigError(
+                    f"--storage-path: {storage!r} is not visible from node "
+                    f"{node['NodeManagerAddress']} of this {len(nodes)}-node cluster; use "
+                    "s3://..., gs://... or a directory shared by every node")
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+class EpochProgress:
+    """An epoch bar with ETA in the driver, fed by the run directory's metrics.jsonl (which the
+    controller callback rewrites after every epoch)."""
+
+    def __init__(self, out: Path, total_epochs: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.file = out / "metrics.jsonl"
+        self.bar = tqdm(total=total_epochs, desc=f"train {out.name}", unit="epoch",
+                        disable=not enabled, dynamic_ncols=True)
+        self.seen = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        import json
+
+        while not self.stop.wait(1.0):
+            self.refresh(json)
+
+    def refresh(self, json) -> None:
+        try:
+            rows = [json.loads(x) for x in self.file.read_text().splitlines() if x]
+        except (OSError, ValueError):
+            return
+        if self.seen == 0 and rows:  # resumed: count finished epochs without an ETA jump
+            self.bar.n = self.bar.last_print_n = len(rows) - 1
+            self.seen = len(rows) - 1
+        for row in rows[self.seen:]:
+            self.bar.update(1)
+            self.bar.set_postfix(val_pgd=f"{row['val_robust_acc']:.4f}",
+                                 val_clean=f"{row['val_clean_acc']:.4f}")
+        self.seen = max(self.seen, len(rows))
+
+    def __enter__(self) -> EpochProgress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import json
+
+        self.stop.set()
+        self.thread.join()
+        self.refresh(json)
+        self.bar.close()
+
+
+def launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float = 0,
+           cpus_per_worker: float = 1, address: str | None = None, storage_path: str | None = None,
+           name: str | None = None, max_failures: int = 3, progress: bool = True,
+           fault_at_step: int | None = None) -> dict[str, Any]:
+    """Train `cfg` on Ray Train with `workers` ranks; the run directory `out` is kept current."""
+    import json
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+
+    from adr_scale.data import load_splits, steps_per_epoch
+    from adr_scale.rundir import RunDir
+
+    check_scaling(cfg, workers, gpus_per_worker, max_failures)
+    splits = load_splits(cfg.data)  # a bad root fails here, before anything is written
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True, include_dashboard=None)
+    storage = storage_path or str((out / "ray").resolve())
+    check_storage_visible(storage)
+    RunDir(out).prepare(cfg)
+    spe = steps_per_epoch(len(splits.train), cfg.train.batch_size)
+    total = cfg.train.epochs * spe if cfg.train.max_steps is None else min(
+        cfg.train.epochs * spe, cfg.train.max_steps)
+    loop_config: dict[str, Any] = {"config": to_dict(cfg)}
+    if fault_at_step is not None:
+        loop_config |= {"fault_at_step": fault_at_step,
+                        "fault_marker": str((out / "fault_injected").resolve())}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=gpus_per_worker > 0,
+            resources_per_worker={"CPU": cpus_per_worker, "GPU": gpus_per_worker}
+            if gpus_per_worker > 0 else {"CPU": cpus_per_worker}),
+        run_config=RayRunConfig(
+            name=name or out.resolve().name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(  # Ray also always keeps the latest
+                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="val_robust_acc",
+                checkpoint_score_order="max"),
+            callbacks=[_make_callback(out.resolve(), to_dict(cfg))]),
+    )
+    with EpochProgress(out, -(-total // spe), progress):
+        trainer.fit()
+    summary_file = out / "summary.json"
+    return json.loads(summary_file.read_text()) if summary_file.exists() else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,16 +357,28 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.out:
             raise ConfigError("--out: missing; name the run directory, e.g. --out runs/smoke")
-        from adr_scale.engine import fit  # torch is imported only when there is work to do
+        check_scaling(cfg, args.workers, args.gpus_per_worker, args.max_failures)
+        out = Path(args.out)
+        if args.workers == 0:
+            from adr_scale.engine import fit  # torch is imported only when there is work to do
 
-        summary = fit(cfg, args.out, progress=not args.no_progress)
+            summary = fit(cfg, out, progress=not args.no_progress)
+        else:
+            summary = launch(cfg, out, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                             cpus_per_worker=args.cpus_per_worker, address=args.address,
+                             storage_path=args.storage_path, name=args.name,
+                             max_failures=args.max_failures, progress=not args.no_progress,
+                             fault_at_step=args.fault_at_step)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not summary.get("finished"):
+        print(f"run stopped before its last epoch; rerun the same command to resume ({args.out})")
+        return 1
     print(f"best epoch {summary['best_epoch']}: val robust {summary['best_val_robust_acc']:.4f} "
           f"clean {summary['best_val_clean_acc']:.4f}; final: robust "
           f"{summary['final_val_robust_acc']:.4f} clean {summary['final_val_clean_acc']:.4f}; "
-          f"run directory {args.out}")
+          f"run directory {args.out} (summary.md, learning_curves.png)")
     return 0
 
 

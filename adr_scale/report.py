@@ -1,0 +1,180 @@
+"""What a person reads in a run directory: metrics.jsonl, summary.json, summary.md (the paper's
+Table 1 form), PNG plots and TensorBoard event files. Everything is derived from the epoch history
+stored in every checkpoint, so a resumed or restarted run rewrites the same files, with each
+epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from adr_scale.config import RunConfig
+from adr_scale.rundir import atomic_write_text
+from adr_scale.schedules import cosine_anneal, learning_rate
+
+TEST_SECTION = "## Test set"  # written by adr_scale.evaluate; kept when summary.md is rewritten
+
+
+def summarize(rows: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
+    """Best (highest validation robust accuracy) and final epochs, as in the paper's Table 1."""
+    best = max(rows, key=lambda r: (r["val_robust_acc"], -r["epoch"]))
+    final = rows[-1]
+    return {
+        "selected_model": "ema" if cfg.train.wa else "student",
+        "best_epoch": best["epoch"],
+        "best_val_robust_acc": best["val_robust_acc"],
+        "best_val_clean_acc": best["val_clean_acc"],
+        "final_epoch": final["epoch"],
+        "final_val_robust_acc": final["val_robust_acc"],
+        "final_val_clean_acc": final["val_clean_acc"],
+        "robust_overfitting_gap": best["val_robust_acc"] - final["val_robust_acc"],
+        "steps": final["step"],
+        "train_seconds": round(sum(r["seconds"] for r in rows), 1),
+    }
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _table_row(rows: list[dict[str, Any]], model: str) -> str:
+    robust, clean = f"val_robust_acc_{model}", f"val_clean_acc_{model}"
+    best = max(rows, key=lambda r: (r[robust], -r["epoch"]))
+    final = rows[-1]
+    cells = [best[robust], final[robust], best[robust] - final[robust],
+             best[clean], final[clean], best[clean] - final[clean]]
+    label = "EMA (+WA)" if model == "ema" else "student"
+    return (f"| {label} | " + " | ".join(f"{100 * c:.2f}" for c in cells)
+            + f" | {best['epoch']} |")
+
+
+def summary_markdown(cfg: RunConfig, rows: list[dict[str, Any]], finished: bool,
+                     old_text: str = "") -> str:
+    a, r = cfg.attack, cfg.adr
+    adr = (f"ADR tau {r.tau_start:g} -> {r.tau_end:g}, lambda {r.lambda_start:g} -> "
+           f"{r.lambda_end:g}" if r.enabled else "ADR off")
+    lines = [
+        f"# {cfg.data.dataset} {cfg.model.arch} ({cfg.model.activation}) "
+        f"{cfg.train.method.upper()}{' + AWP' if cfg.awp.enabled else ''}"
+        f"{' + WA' if cfg.train.wa else ''}{' + ADR' if r.enabled else ''}",
+        "",
+        f"{adr}; eps {a.eps * 255:.3g}/255; {cfg.train.epochs} epochs, batch {cfg.train.batch_size}"
+        f", {cfg.optim.schedule} LR {cfg.optim.lr:g}; seed {cfg.seed}. "
+        f"{'Finished' if finished else 'In progress'}: {len(rows)} epochs, step {rows[-1]['step']}.",
+        "",
+        f"## Validation split (PGD-{a.eval_steps}, model selection)",
+        "",
+        "Accuracy (%) in the form of the paper's Table 1: *Best* is the epoch with the highest "
+        "validation robust accuracy, *Final* the last epoch, *Diff* = Best - Final (robust "
+        f"overfitting). Selected model: {'EMA (WA)' if cfg.train.wa else 'student'}.",
+        "",
+        f"| model | PGD-{a.eval_steps} Best | Final | Diff | Clean Best | Final | Diff | best epoch |",
+        "|---|---|---|---|---|---|---|---|",
+        _table_row(rows, "student"),
+        _table_row(rows, "ema"),
+        "",
+        "Plots: `learning_curves.png`, `schedules.png`; TensorBoard: `tensorboard/`.",
+        "",
+    ]
+    match = re.search(rf"^{re.escape(TEST_SECTION)}.*?(?=^## |\Z)", old_text, re.S | re.M)
+    lines.append(match.group(0).rstrip() + "\n" if match else
+                 f"{TEST_SECTION} (adr_scale.evaluate)\n\nNot evaluated yet: "
+                 "`python -m adr_scale.evaluate --run <this directory>` fills in AutoAttack.\n")
+    return "\n".join(lines)
+
+
+def plot_learning_curves(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [r["train_loss"] for r in rows], color="k")
+    axes[0].set(title="training loss", xlabel="epoch")
+    for ax, key, title in ((axes[1], "val_clean_acc", "validation clean accuracy"),
+                           (axes[2], "val_robust_acc", "validation robust accuracy (PGD)")):
+        for model, style in (("student", "-"), ("ema", "--")):
+            ax.plot(epochs, [100 * r[f"{key}_{model}"] for r in rows], style,
+                    label="EMA (WA)" if model == "ema" else model)
+        ax.set(title=title, xlabel="epoch", ylabel="%")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_schedules(path: Path, cfg: RunConfig, total_steps: int, steps_per_epoch: int,
+                   done_steps: int) -> None:
+    """tau, lambda and the learning rate over every optimizer step (pure functions of the step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(range(0, total_steps + 1, max(total_steps // 500, 1)))
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    curves = {
+        "tau (temperature)": [cosine_anneal(cfg.adr.tau_start, cfg.adr.tau_end, s, total_steps)
+                              for s in steps],
+        "lambda (interpolation)": [cosine_anneal(cfg.adr.lambda_start, cfg.adr.lambda_end, s,
+                                                 total_steps) for s in steps],
+        "learning rate": [learning_rate(cfg.optim.schedule, cfg.optim.lr, s, total_steps, warmup)
+                          for s in steps],
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, (title, values) in zip(axes, curves.items(), strict=True):
+        ax.plot(steps, values)
+        ax.axvline(done_steps, color="grey", lw=0.8, ls=":")
+        ax.set(title=title + ("" if cfg.adr.enabled or "learning" in title else " (ADR off)"),
+               xlabel="step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_tensorboard(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Append the epochs not logged yet (tracked in tensorboard/logged_epochs)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = run_dir / "tensorboard"
+    tb.mkdir(exist_ok=True)
+    marker = tb / "logged_epochs"
+    done = int(marker.read_text()) if marker.exists() else 0
+    new = [r for r in rows if r["epoch"] > done]
+    if not new:
+        return
+    with SummaryWriter(str(tb)) as writer:
+        for row in new:
+            for key, value in row.items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, global_step=row["step"])
+    atomic_write_text(marker, str(new[-1]["epoch"]))
+
+
+def write_run_outputs(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]], *,
+                      total_steps: int, steps_per_epoch: int, finished: bool,
+                      plots: bool = True) -> dict[str, Any]:
+    """Rewrite metrics.jsonl, summary.json, summary.md, TensorBoard and (if `plots`) the PNGs."""
+    run_dir = Path(run_dir)
+    write_metrics(run_dir, rows)
+    if not rows:
+        return {}
+    summary = summarize(rows, cfg) | {"finished": finished}
+    old = run_dir / "summary.json"
+    if old.exists():  # keep sections other tools added (adr_scale.evaluate's "test")
+        summary = {k: v for k, v in json.loads(old.read_text()).items() if k not in summary} | summary
+    atomic_write_text(old, json.dumps(summary, indent=2) + "\n")
+    md = run_dir / "summary.md"
+    atomic_write_text(md, summary_markdown(cfg, rows, finished,
+                                           md.read_text() if md.exists() else ""))
+    write_tensorboard(run_dir, rows)
+    if plots:
+        plot_learning_curves(run_dir / "learning_curves.png", rows)
+        plot_schedules(run_dir / "schedules.png", cfg, total_steps, steps_per_epoch,
+                       rows[-1]["step"])
+    return summary

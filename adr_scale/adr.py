@@ -51,8 +51,10 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
         floats_t, floats_s, ints_t, ints_s = self._pairs(student)
-        torch._foreach_lerp_(floats_t, floats_s, 1.0 - self.decay)  # one fused kernel per group
-        torch._foreach_copy_(ints_t, ints_s)
+        if floats_t:
+            torch._foreach_lerp_(floats_t, floats_s, 1.0 - self.decay)  # fused, one per group
+        if ints_t:  # num_batches_tracked; models without BatchNorm have none
+            torch._foreach_copy_(ints_t, ints_s)
 
     def _pairs(self, student: nn.Module) -> tuple[list, list, list, list]:
         """Matching (teacher, student) tensors, cached: state_dict() on every step is slow and

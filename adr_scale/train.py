@@ -125,6 +125,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             load_state(state, load_checkpoint(Path(directory) / STATE_FILE))
+        if ray.train.get_context().get_world_rank() == 0:
+            print(f"resuming after epoch {state.epoch} (step {state.step}) from {checkpoint.path}")
     if config.get("fault_at_step") is not None:
         state.after_step = _fault_injector(config["fault_at_step"], config["fault_marker"])
     train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))

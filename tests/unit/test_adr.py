@@ -87,3 +87,12 @@ def test_ema_update_equation_covers_weights_and_bn_buffers():
     teacher.train()
     assert not teacher.module.training  # the teacher stays in eval mode
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_ema_of_a_model_without_buffers():
+    student = nn.Linear(3, 2)
+    teacher = EMATeacher(student, decay=0.5)
+    with torch.no_grad():
+        student.weight.add_(2.0)
+    teacher.update(student)
+    assert torch.allclose(teacher.module.weight, student.weight - 1.0)

@@ -268,17 +268,22 @@ def dump_yaml(cfg: RunConfig, path: str | Path | None = None) -> str:
     return text
 
 
-def load_yaml(path: str | Path, *, base: RunConfig | None = None) -> RunConfig:
+def read_yaml_file(path: str | Path, flag: str) -> Any:
+    """yaml.safe_load a user's file; a missing file or bad syntax is one ConfigError line."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config: file {str(p)!r} does not exist")
+        raise ConfigError(f"{flag}: file {str(p)!r} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"--config: {str(p)!r} is not valid YAML{where}") from None
-    return validate(from_dict(raw or {}, base=base, source=str(p)))
+        raise ConfigError(f"{flag}: {str(p)!r} is not valid YAML{where}") from None
+
+
+def load_yaml(path: str | Path, *, base: RunConfig | None = None) -> RunConfig:
+    raw = read_yaml_file(path, "--config")
+    return validate(from_dict(raw or {}, base=base, source=str(path)))
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

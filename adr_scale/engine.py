@@ -230,9 +230,14 @@ def validate_models(state: TrainState, val: ArrayDataset) -> dict[str, float]:
     kwargs = dict(eps=a.eps, alpha=a.alpha, steps=a.eval_steps, batch_size=state.cfg.train.batch_size,
                   device=state.device, amp=autocast(state))
     row = {}
-    for name, model in (("student", _unwrap(state.model)), ("ema", state.ema)):
-        for key, value in evaluate(model, val, **kwargs).items():
-            row[f"val_{key}_{name}"] = value
+    # The attack's random starts come from a stream of their own, so the validation set's size
+    # or attack never changes the training trajectory (and runs that differ only there pair up).
+    rank, _ = rank_and_world()
+    with torch.random.fork_rng(devices=[state.device] if state.device.type == "cuda" else []):
+        torch.manual_seed(rank_seed(state.cfg.seed, rank) + 104_729 * (state.epoch + 1))
+        for name, model in (("student", _unwrap(state.model)), ("ema", state.ema)):
+            for key, value in evaluate(model, val, **kwargs).items():
+                row[f"val_{key}_{name}"] = value
     selected = "ema" if state.cfg.train.wa else "student"
     row["val_clean_acc"] = row[f"val_clean_acc_{selected}"]
     row["val_robust_acc"] = row[f"val_robust_acc_{selected}"]
@@ -244,6 +249,7 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
     """Run the steps of epoch `state.epoch` (up to total_steps); return its training metrics."""
     cfg = state.cfg
     losses = []
+    start = time.perf_counter()
     for images, labels in train_batches(train, cfg.train.batch_size, cfg.seed, state.epoch,
                                         state.device, rank=rank, world_size=world_size):
         if state.step >= state.total_steps:
@@ -256,8 +262,10 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
             if state.step % cfg.train.log_every == 0:  # the only host sync inside the epoch
                 bar.set_postfix(loss=f"{losses[-1].item():.4f}", lr=f"{schedule_values(state)[0]:.4g}")
     lr, tau, lam = schedule_values(state)
-    return {"train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
-            "steps_in_epoch": len(losses), "lr": lr, "tau": tau, "lambda": lam}
+    loss = torch.stack(losses).mean().item() if losses else float("nan")  # syncs the device
+    seconds = time.perf_counter() - start
+    return {"train_loss": loss, "steps_in_epoch": len(losses), "lr": lr, "tau": tau, "lambda": lam,
+            "samples_per_s": round(len(losses) * cfg.train.batch_size / seconds, 1)}
 
 
 # ---------------------------------------------------------------------------------------------

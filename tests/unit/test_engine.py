@@ -70,8 +70,8 @@ def test_train_step_updates_student_and_teacher(digits, method):
 
 def _rows_without_time(run):
     rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        row.pop("seconds")
+    for row in rows:  # wall-clock fields
+        row.pop("seconds"), row.pop("samples_per_s")
     return rows
 
 
@@ -148,3 +148,16 @@ def test_golden_per_step_losses(digits):
     for name in golden:
         assert len(losses[name]) == 12
         assert losses[name] == pytest.approx(golden[name], rel=2e-4, abs=2e-5), name
+
+
+def test_validation_does_not_change_the_training_trajectory(tmp_path, digits):
+    """The validation attack draws from its own RNG stream: a run with another val attack trains
+    the same weights (here 2 vs 10 PGD steps)."""
+    a = fit(_cfg("train.epochs=2", "attack.eval_steps=2"), tmp_path / "a", progress=False,
+            splits=digits)
+    b = fit(_cfg("train.epochs=2", "attack.eval_steps=10"), tmp_path / "b", progress=False,
+            splits=digits)
+    assert a["steps"] == b["steps"] == 36
+    wa = load_checkpoint(tmp_path / "a" / "final.pt")["model"]
+    wb = load_checkpoint(tmp_path / "b" / "final.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -1,0 +1,232 @@
+"""A finished (or resumed) search's outputs: results.parquet, best.yaml, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+from adr_scale.config import dump_yaml
+from adr_scale.rundir import atomic_write_text
+from adr_scale.schedules import cosine_anneal
+from adr_scale.search_space import CLEAN_METRIC, METRIC, SearchSpace
+
+ROW_METRICS = ("epoch", "step", "train_loss", "lr", "tau", "lambda", METRIC, CLEAN_METRIC,
+               "val_robust_acc_student", "val_clean_acc_student", "val_robust_acc_ema",
+               "val_clean_acc_ema", "seconds")
+
+
+def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any]]:
+    """One dict per trial: id, status, sampled fields and its per-epoch rows.
+
+    The rows come from the trial's own Ray Train checkpoint (history.json), which survives a killed
+    driver intact; Tune's per-trial logs are the fallback.
+    """
+    trials = []
+    for result in grid:
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        params = {p.name: result.config[p.name] for p in space.params if p.name in result.config}
+        rows = _train_history(storage, f"{space.name}-{trial_id}") or _tune_rows(result)
+        rows = [{k: r[k] for k in ROW_METRICS if k in r} for r in rows]
+        epochs = rows[-1]["epoch"] if rows else 0
+        status = ("error" if result.error else "completed" if epochs >= space.epochs
+                  else "stopped early")
+        trials.append({
+            "trial_id": trial_id, "status": status, "params": params,
+            "fields": space.field_values(params) if len(params) == len(space.params) else {},
+            "rows": rows, "epochs": epochs,
+            METRIC: rows[-1].get(METRIC, math.nan) if rows else math.nan,
+            CLEAN_METRIC: rows[-1].get(CLEAN_METRIC, math.nan) if rows else math.nan})
+    return sorted(trials, key=lambda t: t["trial_id"])
+
+
+def _train_history(storage: str, run_name: str) -> list[dict[str, Any]]:
+    """The epoch rows in the latest checkpoint of a trial's Ray Train run ([] if none)."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from adr_scale.train import HISTORY_FILE
+
+    fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage).resolve()))
+    infos = fs.get_file_info(pafs.FileSelector(f"{base}/{run_name}", allow_not_found=True))
+    checkpoints = sorted(i.path for i in infos if i.base_name.startswith("epoch-"))
+    if not checkpoints:
+        return []
+    try:
+        with fs.open_input_stream(f"{checkpoints[-1]}/{HISTORY_FILE}") as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, OSError):
+        return []
+
+
+def _tune_rows(result) -> list[dict[str, Any]]:
+    df = result.metrics_dataframe
+    if df is None or "epoch" not in df:
+        return []
+    return [{k: _plain(v) for k, v in r.items() if not _missing(v)}
+            for r in df.sort_values("epoch").to_dict("records")]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def pareto_front(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials no other trial beats on both validation robust and clean accuracy."""
+    def dominated(t):
+        return any(o[METRIC] >= t[METRIC] and o[CLEAN_METRIC] >= t[CLEAN_METRIC]
+                   and (o[METRIC], o[CLEAN_METRIC]) != (t[METRIC], t[CLEAN_METRIC]) for o in trials)
+    return sorted((t for t in trials if not dominated(t)), key=lambda t: -t[METRIC])
+
+
+def rank_trials(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best first by final validation robust accuracy (clean accuracy breaks ties)."""
+    scored = [t for t in trials if t["rows"] and t["fields"] and not math.isnan(t[METRIC])]
+    return sorted(scored, key=lambda t: (-t[METRIC], -t[CLEAN_METRIC], t["trial_id"]))
+
+
+def write_results_parquet(path: Path, trials: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = []
+    for t in trials:
+        base = {"trial_id": t["trial_id"], "status": t["status"], **t["fields"]}
+        records += [base | row for row in t["rows"]] or [base]
+    columns = list(dict.fromkeys(k for r in records for k in r))  # union, first-seen order
+    table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in records])
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def write_best_yaml(path: Path, space: SearchSpace, best: dict[str, Any]) -> None:
+    cfg = space.long_run_config(best["params"])
+    header = (f"# Best schedule of search '{space.name}' ({space.source}): trial {best['trial_id']},"
+              f" validation PGD robust accuracy {best[METRIC]:.4f}, clean {best[CLEAN_METRIC]:.4f}"
+              f" after {best['epochs']} search epochs.\n# Full length ({cfg.train.epochs} epochs):"
+              f" python -m adr_scale.train --config {path} --out runs/{space.name}-long\n")
+    atomic_write_text(path, header + dump_yaml(cfg))
+
+
+def plot_top_schedules(path: Path, space: SearchSpace, ranked: list[dict[str, Any]], k: int = 5,
+                       ) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [i / 100 for i in range(101)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for t in ranked[:k]:
+        cfg = space.trial_config(t["params"])
+        label = f"{t['trial_id']} ({100 * t[METRIC]:.1f} %)"
+        axes[0].plot(xs, [cosine_anneal(cfg.adr.tau_start, cfg.adr.tau_end, x, 1) for x in xs],
+                     label=label)
+        axes[1].plot(xs, [cosine_anneal(cfg.adr.lambda_start, cfg.adr.lambda_end, x, 1)
+                          for x in xs], label=label)
+    axes[0].set(title="tau of the top trials", xlabel="fraction of training")
+    axes[1].set(title="lambda of the top trials", xlabel="fraction of training")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_study(out: Path, space: SearchSpace, optuna_url: str) -> dict[str, str]:
+    """Optuna's own plots of the study; returns {file: why it was skipped} for those it could not
+    draw (e.g. importances need two finished trials with different values)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    skipped = {}
+    study = optuna.load_study(study_name=space.name, storage=optuna_url)
+    target = {} if space.objective == "robust" else {
+        "target": lambda t: t.values[0], "target_name": METRIC}
+    plots = {"optimization_history.png": lambda: ovm.plot_optimization_history(study, **target),
+             "param_importances.png": lambda: ovm.plot_param_importances(study, **target),
+             "parallel_coordinate.png": lambda: ovm.plot_parallel_coordinate(study, **target)}
+    if space.objective == "pareto":
+        plots["pareto_front.png"] = lambda: ovm.plot_pareto_front(
+            study, target_names=[METRIC, CLEAN_METRIC])
+    for name, draw in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = draw()
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(8, 4.5)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=100)
+            plt.close(fig)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            skipped[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return skipped
+
+
+def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str], out: Path) -> str:
+    consumed = sum(t["epochs"] for t in trials)
+    counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped early", "error")}
+    names = [p.field for p in space.params]
+    lines = [
+        f"# Search '{space.name}' ({space.source})",
+        "",
+        f"Base preset `{space.base}`; {len(trials)} trials ({counts['completed']} completed, "
+        f"{counts['stopped early']} stopped early by {space.scheduler.upper()}, {counts['error']} "
+        f"failed); {space.sampler.upper()} sampler (seed {space.seed}); objective: validation "
+        f"PGD robust accuracy{' and clean accuracy (Pareto)' if space.objective == 'pareto' else ''}"
+        f". Epochs consumed: {consumed} of {len(trials) * space.epochs} for running every trial "
+        f"to its {space.epochs}-epoch budget ({consumed / max(len(trials) * space.epochs, 1):.0%}).",
+        "",
+        "## Top trials (final validation accuracy, %)",
+        "",
+        "| trial | " + " | ".join(names) + " | robust | clean | epochs | status |",
+        "|---|" + "---|" * (len(names) + 4),
+    ]
+    for t in ranked[:10]:
+        lines.append(f"| {t['trial_id']} | " + " | ".join(f"{t['fields'][n]:.4g}" if isinstance(
+            t["fields"][n], float) else str(t["fields"][n]) for n in names)
+            + f" | {100 * t[METRIC]:.2f} | {100 * t[CLEAN_METRIC]:.2f} | {t['epochs']} "
+            f"| {t['status']} |")
+    if space.objective == "pareto":
+        lines += ["", "Pareto front (robust, clean): " + ", ".join(
+            f"{t['trial_id']} ({100 * t[METRIC]:.1f}, {100 * t[CLEAN_METRIC]:.1f})"
+            for t in pareto_front(ranked))]
+    lines += ["", "## Plots", ""]
+    for name in ("optimization_history.png", "param_importances.png", "parallel_coordinate.png",
+                 "pareto_front.png", "top_schedules.png"):
+        if (out / name).exists():
+            lines.append(f"![{name}]({name})")
+        elif name in skipped:
+            lines.append(f"- {name}: not drawn ({skipped[name]})")
+    lines += ["", "## Next", "", "`best.yaml` is the best trial's config at full length:", "",
+              f"    python -m adr_scale.train --from-search {out} --out runs/{space.name}-long", ""]
+    return "\n".join(lines)
+
+
+def write_search_outputs(space: SearchSpace, grid, out: Path, optuna_url: str, storage: str,
+                         ) -> dict[str, Any]:
+    trials = collect_trials(space, grid, storage)
+    write_results_parquet(out / "results.parquet", trials)
+    ranked = rank_trials(trials)
+    if space.objective == "pareto":
+        front = pareto_front(ranked)
+        ranked = front + [t for t in ranked if t not in front]
+    if not ranked:
+        return {}
+    best = ranked[0]
+    write_best_yaml(out / "best.yaml", space, best)
+    plot_top_schedules(out / "top_schedules.png", space, ranked)
+    skipped = plot_study(out, space, optuna_url)
+    atomic_write_text(out / "report.md", report_markdown(space, trials, ranked, skipped, out))
+    return best

@@ -1,0 +1,332 @@
+"""Search spaces over ADR's annealing ranges (and any other config field), read from YAML.
+
+The paper leaves the tau / lambda ranges per dataset open (Appendix H); a search space names a base
+preset, the fields to search with their distributions, the paper's setting as a warm start, the
+objective, the sampler, the scheduler and the per-trial budget. Orderings such as
+tau_end <= tau_start hold by construction: a parameter declared `above: adr.tau_end` samples the
+non-negative gap and adds it to that field.
+
+No Ray here: `adr_scale.tune` runs the search; this module parses, validates and materialises.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adr_scale.config import (
+    ConfigError,
+    RunConfig,
+    _field_types,
+    apply_overrides,
+    get_preset,
+    read_yaml_file,
+)
+
+DISTRIBUTIONS = ("categorical", "int", "loguniform", "uniform")
+OBJECTIVES = ("pareto", "robust")
+SAMPLERS = ("random", "tpe")
+SCHEDULERS = ("asha", "none", "pbt")
+TOP_KEYS = ("base", "budget", "fixed", "long_run", "max_concurrent", "name", "num_samples",
+            "objective", "params", "pbt", "sampler", "scheduler", "search", "warm_start")
+# Fields whose value may not exceed 1: an `above` gap is capped so the sum stays in range.
+FIELD_MAX = {"adr.lambda_start": 1.0, "adr.lambda_end": 1.0, "data.synthetic_fraction": 0.999,
+             "adr.ema_decay": 0.9999}
+
+METRIC = "val_robust_acc"
+CLEAN_METRIC = "val_clean_acc"
+
+
+@dataclass(frozen=True)
+class Param:
+    field: str  # dotted config field, e.g. adr.tau_start
+    distribution: str
+    low: float | None = None
+    high: float | None = None
+    step: int | None = None
+    choices: tuple[Any, ...] = ()
+    above: str | None = None  # sample a gap >= 0 and add it to this field's value
+
+    @property
+    def name(self) -> str:
+        """Optuna's parameter name: the field, or 'field - base' for a sampled gap."""
+        return f"{self.field} - {self.above}" if self.above else self.field
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    base: str
+    params: tuple[Param, ...]
+    fixed: dict[str, Any] = field(default_factory=dict)  # in every trial and in best.yaml
+    search: dict[str, Any] = field(default_factory=dict)  # search fidelity only
+    long_run: dict[str, Any] = field(default_factory=dict)  # best.yaml only
+    warm_start: dict[str, Any] = field(default_factory=dict)  # field -> value (the paper's)
+    objective: str = "robust"
+    sampler: str = "tpe"
+    seed: int = 0
+    scheduler: str = "asha"
+    grace_period: int = 1  # ASHA: epochs before the first cut
+    reduction_factor: int = 2  # ASHA: keep the top 1/rf at each rung
+    perturbation_interval: int = 2  # PBT: epochs between exploit / explore
+    epochs: int = 10  # per-trial budget at search fidelity (train.epochs during the search)
+    num_samples: int = 8
+    max_concurrent: int = 2
+    source: str = "<space>"
+
+    # -- materialising configs ------------------------------------------------------------
+
+    def _overrides(self, values: dict[str, Any]) -> list[str]:
+        return [f"{k}={_yaml_scalar(v)}" for k, v in values.items()]
+
+    def field_values(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Optuna parameter values -> config field values (gaps added to their bases)."""
+        values: dict[str, Any] = {}
+        for p in _dependency_order(self.params):
+            raw = params[p.name]
+            values[p.field] = values[p.above] + raw if p.above else raw
+        return values
+
+    def trial_config(self, params: dict[str, Any]) -> RunConfig:
+        """The config one trial trains: base, fixed, search fidelity, then the sampled fields."""
+        cfg = apply_overrides(get_preset(self.base), self._overrides(self.fixed | self.search))
+        cfg = apply_overrides(cfg, [f"train.epochs={self.epochs}"])
+        return apply_overrides(cfg, self._overrides(self.field_values(params)))
+
+    def long_run_config(self, params: dict[str, Any]) -> RunConfig:
+        """best.yaml: the same fields at full length (the base preset's epochs unless long_run says)."""
+        cfg = apply_overrides(get_preset(self.base), self._overrides(self.fixed | self.long_run))
+        return apply_overrides(cfg, self._overrides(self.field_values(params)))
+
+    def warm_start_params(self) -> dict[str, Any]:
+        """The warm-start point in Optuna's parameter names (gaps computed from the fields)."""
+        if not self.warm_start:
+            return {}
+        return {p.name: (self.warm_start[p.field] - self.warm_start[p.above]) if p.above
+                else self.warm_start[p.field] for p in self.params}
+
+    # -- the define-by-run space -----------------------------------------------------------
+
+    def suggest(self, trial) -> None:
+        """Draw every parameter from an Optuna trial (bases before the gaps that need them)."""
+        values: dict[str, float] = {}
+        for p in _dependency_order(self.params):
+            if p.distribution == "categorical":
+                values[p.field] = trial.suggest_categorical(p.name, list(p.choices))
+                continue
+            low, high = p.low, p.high
+            if p.above and p.field in FIELD_MAX:  # keep base + gap within the field's range
+                high = max(low, min(high, FIELD_MAX[p.field] - values[p.above]))
+            if p.distribution == "int":
+                raw = trial.suggest_int(p.name, int(low), int(high), step=p.step or 1)
+            else:
+                raw = trial.suggest_float(p.name, low, high, log=p.distribution == "loguniform")
+            values[p.field] = values[p.above] + raw if p.above else raw
+
+
+class DefineByRun:
+    """A picklable define-by-run space for OptunaSearch (Ray pickles it; lambdas would fail)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial) -> None:
+        self.space.suggest(trial)
+
+
+# -- parsing and validation -----------------------------------------------------------------
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _dependency_order(params: tuple[Param, ...]) -> list[Param]:
+    placed: dict[str, Param] = {}
+    pending = list(params)
+    while pending:
+        ready = [p for p in pending if p.above is None or p.above in placed]
+        assert ready, "validated spaces have no cycles"
+        for p in ready:
+            placed[p.field] = p
+            pending.remove(p)
+    return list(placed.values())
+
+
+def _is_config_field(dotted: str) -> bool:
+    section, _, key = dotted.partition(".")
+    hints = _field_types(RunConfig)
+    if section not in hints or not key:
+        return False
+    return key in _field_types(hints[section])
+
+
+def _fail(source: str, message: str) -> None:
+    raise ConfigError(f"{source}: {message}")
+
+
+def _parse_param(source: str, dotted: str, spec: Any) -> Param:
+    where = f"params.{dotted}"
+    if not _is_config_field(dotted):
+        _fail(source, f"{where}: {dotted!r} is not a config field (e.g. adr.tau_start)")
+    if not isinstance(spec, dict):
+        _fail(source, f"{where}: expected a mapping with 'distribution', got {spec!r}")
+    unknown = set(spec) - {"distribution", "low", "high", "step", "choices", "above"}
+    if unknown:
+        _fail(source, f"{where}: unknown key {sorted(unknown)[0]!r}; allowed: above, choices, "
+                      "distribution, high, low, step")
+    dist = spec.get("distribution")
+    if dist not in DISTRIBUTIONS:
+        _fail(source, f"{where}.distribution: unknown distribution {dist!r}; allowed: "
+                      + ", ".join(DISTRIBUTIONS))
+    if dist == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            _fail(source, f"{where}.choices: a non-empty list is required for categorical")
+        if spec.get("above"):
+            _fail(source, f"{where}.above: not allowed for a categorical parameter")
+        return Param(field=dotted, distribution=dist, choices=tuple(choices))
+    low, high = spec.get("low"), spec.get("high")
+    for key, value in (("low", low), ("high", high)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            _fail(source, f"{where}.{key}: invalid value {value!r}; allowed: a finite number")
+    if low > high:
+        _fail(source, f"{where}: inverted bounds low={low} > high={high}")
+    if dist == "loguniform" and low <= 0:
+        _fail(source, f"{where}.low: {low} must be > 0 for a loguniform distribution")
+    above = spec.get("above")
+    if above is not None and low < 0:
+        _fail(source, f"{where}.low: {low}; the gap above {above} must be >= 0")
+    step = spec.get("step")
+    if step is not None and (dist != "int" or not isinstance(step, int) or step < 1):
+        _fail(source, f"{where}.step: {step!r}; allowed: an integer >= 1 for int distributions")
+    return Param(field=dotted, distribution=dist, low=float(low), high=float(high), step=step,
+                 above=above)
+
+
+def _parse_overrides(source: str, key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(source, f"{key}: expected a mapping of config fields, got {value!r}")
+    for dotted in value:
+        if not _is_config_field(dotted):
+            _fail(source, f"{key}.{dotted}: {dotted!r} is not a config field")
+    return dict(value)
+
+
+def _positive_int(source: str, key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        _fail(source, f"{key}: invalid value {value!r}; allowed: an integer >= 1")
+    return value
+
+
+def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
+    """Validate a YAML mapping; every problem is one ConfigError line naming the key."""
+    if not isinstance(raw, dict):
+        _fail(source, "expected a mapping at the top level")
+    unknown = set(raw) - set(TOP_KEYS)
+    if unknown:
+        _fail(source, f"unknown key {sorted(unknown)[0]!r}; allowed: " + ", ".join(TOP_KEYS))
+    for key in ("name", "base", "params"):
+        if key not in raw:
+            _fail(source, f"missing key {key!r}")
+    name = raw["name"]
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        _fail(source, f"name: invalid value {name!r}; allowed: letters, digits, '-' and '_'")
+    try:
+        get_preset(raw["base"])
+    except ConfigError:
+        _fail(source, f"base: unknown preset {raw['base']!r}; see "
+                      "`python -m adr_scale.train --list-presets`")
+    if not isinstance(raw["params"], dict) or not raw["params"]:
+        _fail(source, "params: expected a non-empty mapping of config fields")
+    params = tuple(_parse_param(source, k, v) for k, v in raw["params"].items())
+    fields = {p.field for p in params}
+    for p in params:
+        if p.above is not None and p.above not in fields:
+            _fail(source, f"params.{p.field}.above: {p.above!r} is not a searched parameter")
+    try:
+        _dependency_order(tuple(p for p in params))
+    except AssertionError:
+        _fail(source, "params: the 'above' references form a cycle")
+    sampler = raw.get("sampler", {"type": "tpe", "seed": 0})
+    if isinstance(sampler, str):
+        sampler = {"type": sampler}
+    if not isinstance(sampler, dict) or sampler.get("type") not in SAMPLERS:
+        _fail(source, f"sampler.type: unknown sampler {sampler!r}; allowed: " + ", ".join(SAMPLERS))
+    scheduler = raw.get("scheduler", {"type": "asha"})
+    if isinstance(scheduler, str):
+        scheduler = {"type": scheduler}
+    if not isinstance(scheduler, dict) or scheduler.get("type") not in SCHEDULERS:
+        _fail(source, f"scheduler.type: unknown scheduler {scheduler!r}; allowed: "
+                      + ", ".join(SCHEDULERS))
+    allowed = {"asha": {"type", "grace_period", "reduction_factor"},
+               "pbt": {"type", "perturbation_interval"}, "none": {"type"}}[scheduler["type"]]
+    extra = set(scheduler) - allowed
+    if extra:
+        _fail(source, f"scheduler.{sorted(extra)[0]}: not a setting of the "
+                      f"{scheduler['type']} scheduler; allowed: " + ", ".join(sorted(allowed)))
+    objective = raw.get("objective", "robust")
+    if objective not in OBJECTIVES:
+        _fail(source, f"objective: unknown objective {objective!r}; allowed: "
+                      + ", ".join(OBJECTIVES))
+    if objective == "pareto" and scheduler["type"] == "pbt":
+        _fail(source, "scheduler.type: pbt needs a single objective; use objective: robust")
+    budget = raw.get("budget", {})
+    if not isinstance(budget, dict) or set(budget) - {"epochs"}:
+        _fail(source, f"budget: expected {{epochs: N}}, got {budget!r}")
+    warm = raw.get("warm_start") or {}
+    if not isinstance(warm, dict):
+        _fail(source, f"warm_start: expected a mapping of searched fields, got {warm!r}")
+    for key in warm:
+        if key not in fields:
+            _fail(source, f"warm_start.{key}: not a searched parameter")
+    if warm and set(warm) != fields:
+        missing = sorted(fields - set(warm))[0]
+        _fail(source, f"warm_start: missing a value for {missing!r} (give every parameter)")
+    space = SearchSpace(
+        name=name, base=raw["base"], params=params,
+        fixed=_parse_overrides(source, "fixed", raw.get("fixed")),
+        search=_parse_overrides(source, "search", raw.get("search")),
+        long_run=_parse_overrides(source, "long_run", raw.get("long_run")),
+        warm_start=dict(warm), objective=objective, sampler=sampler["type"],
+        seed=int(sampler.get("seed", 0)), scheduler=scheduler["type"],
+        grace_period=_positive_int(source, "scheduler.grace_period",
+                                   scheduler.get("grace_period", 1)),
+        reduction_factor=_positive_int(source, "scheduler.reduction_factor",
+                                       scheduler.get("reduction_factor", 2)),
+        perturbation_interval=_positive_int(source, "scheduler.perturbation_interval",
+                                            scheduler.get("perturbation_interval", 2)),
+        epochs=_positive_int(source, "budget.epochs", budget.get("epochs", 10)),
+        num_samples=_positive_int(source, "num_samples", raw.get("num_samples", 8)),
+        max_concurrent=_positive_int(source, "max_concurrent", raw.get("max_concurrent", 2)),
+        source=source,
+    )
+    if space.scheduler == "asha" and space.grace_period > space.epochs:
+        _fail(source, f"scheduler.grace_period: {space.grace_period} exceeds budget.epochs="
+                      f"{space.epochs}")
+    _check_materialises(space)
+    return space
+
+
+def _check_materialises(space: SearchSpace) -> None:
+    """Build the trial config at the low end of every range, so bad fixed values or ranges that
+    break the config's own validation fail now, not in the first trial."""
+    low = {p.name: (p.choices[0] if p.distribution == "categorical" else
+                    (int(p.low) if p.distribution == "int" else p.low)) for p in space.params}
+    try:
+        space.trial_config(low)
+        space.long_run_config(low)
+        if space.warm_start:
+            space.trial_config(space.warm_start_params())
+    except ConfigError as exc:
+        _fail(space.source, f"the space gives an invalid config: {exc}")
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    return parse_space(read_yaml_file(path, "--space"), source=str(path))

@@ -1,0 +1,218 @@
+"""`python -m adr_scale.tune`: search ADR's tau / lambda annealing ranges with Ray Tune + Optuna.
+
+Every trial is a Ray Train run of the same training code as `adr_scale.train` (a TorchTrainer
+with TuneReportCallback, as Ray 2.60 requires); Optuna (TPE or random, in a SQLite or PostgreSQL
+study) proposes the ranges; ASHA stops weak trials early. The objective is validation PGD
+robust accuracy (`objective: pareto` adds clean accuracy); the test set is never used.
+
+Examples:
+  python -m adr_scale.tune --space search_spaces/smoke.yaml --out runs/search-smoke
+  python -m adr_scale.tune --space search_spaces/cifar100.yaml --address auto --workers-per-trial 1 \\
+      --gpus-per-worker 1 --max-concurrent 8 --storage-path s3://bucket/adr \\
+      --optuna-storage postgresql://user@db/optuna --out runs/search-c100
+  python -m adr_scale.train --from-search runs/search-c100 --workers 8 --gpus-per-worker 1 \\
+      --out runs/c100-long                                    # the long run with the best schedule
+
+Output in --out: best.yaml (full-length train config), results.parquet, report.md with PNG plots,
+optuna.db. Rerunning the same command (or adding --resume) continues a killed search without
+losing a finished trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from adr_scale.config import ConfigError, to_dict
+from adr_scale.search_space import CLEAN_METRIC, METRIC, DefineByRun, SearchSpace, load_space
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m adr_scale.tune", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default="search_spaces/smoke.yaml",
+                        help="search space YAML (default: search_spaces/smoke.yaml)")
+    parser.add_argument("--out", help="output directory (default: runs/search-<space name>)")
+    parser.add_argument("--num-samples", type=int, help="trials (default: the space's)")
+    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
+    parser.add_argument("--workers-per-trial", type=int, default=1,
+                        help="Ray Train workers (DDP ranks) per trial")
+    parser.add_argument("--gpus-per-worker", type=float, default=0)
+    parser.add_argument("--cpus-per-worker", type=float, default=1)
+    parser.add_argument("--address", help="join a running Ray cluster; default: start a local Ray")
+    parser.add_argument("--storage-path", help="Tune/Train storage: local dir, s3://, gs:// "
+                        "(default: OUT/ray)")
+    parser.add_argument("--optuna-storage", help="Optuna RDB URL (default: sqlite:///OUT/optuna.db;"
+                        " PostgreSQL on a cluster); readable by optuna-dashboard")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed search (the same command without it does too)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# One trial (runs in a Tune trial actor)
+
+
+def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
+              cpus: float, storage: str) -> None:
+    """Train the trial's config on Ray Train; TuneReportCallback forwards every epoch to Tune."""
+    import ray.tune
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from adr_scale.train import train_loop_per_worker
+
+    cfg = space.trial_config({p.name: params[p.name] for p in space.params})
+    trial_id = ray.tune.get_context().get_trial_id()
+    resources = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
+                                     resources_per_worker=resources),
+        run_config=TrainRunConfig(
+            name=f"{space.name}-{trial_id}", storage_path=storage,
+            failure_config=FailureConfig(max_failures=1),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    if space.objective == "pareto":
+        metric, mode = [METRIC, CLEAN_METRIC], ["max", "max"]
+    else:
+        metric, mode = METRIC, "max"
+    sampler = (optuna.samplers.RandomSampler(seed=space.seed) if space.sampler == "random"
+               else optuna.samplers.TPESampler(seed=space.seed))
+    warm = space.warm_start_params()
+    searcher = OptunaSearch(
+        space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler,
+        points_to_evaluate=[warm] if warm else None, study_name=space.name,
+        storage=optuna.storages.RDBStorage(optuna_url))
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+
+
+def _scheduler(space: SearchSpace):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if space.scheduler == "asha":
+        return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=space.epochs,
+                             grace_period=space.grace_period,
+                             reduction_factor=space.reduction_factor)
+    return FIFOScheduler()
+
+
+def check_args(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
+    num = args.num_samples if args.num_samples is not None else space.num_samples
+    conc = args.max_concurrent if args.max_concurrent is not None else space.max_concurrent
+    for flag, value in (("--num-samples", num), ("--max-concurrent", conc),
+                        ("--workers-per-trial", args.workers_per_trial)):
+        if value < 1:
+            raise ConfigError(f"{flag}: invalid value {value}; allowed: an integer >= 1")
+    if space.scheduler == "pbt":
+        raise ConfigError(f"{space.source}: scheduler.type: pbt is not available yet; "
+                          "use asha or none")
+    batch = space.trial_config(space.warm_start_params() or _low_point(space)).train.batch_size
+    if batch % args.workers_per_trial:
+        raise ConfigError(f"--workers-per-trial: {args.workers_per_trial} does not divide "
+                          f"train.batch_size={batch}")
+    return num, conc
+
+
+def _low_point(space: SearchSpace) -> dict[str, Any]:
+    return {p.name: p.choices[0] if p.distribution == "categorical" else p.low
+            for p in space.params}
+
+
+def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurrent: int,
+               workers: int = 1, gpus: float = 0, cpus: float = 1, address: str | None = None,
+               storage_path: str | None = None, optuna_storage: str | None = None,
+               resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the search and write best.yaml, results.parquet and report.md to `out`."""
+    import ray
+    from ray import tune
+
+    out = out.resolve()
+    storage = storage_path or str(out / "ray")
+    experiment = f"{storage.rstrip('/')}/{space.name}"
+    optuna_url = optuna_storage or f"sqlite:///{out / 'optuna.db'}"
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    if not ray.is_initialized():
+        local_cpus = None if address else max(os.cpu_count() or 1,
+                                              max_concurrent * (1 + math.ceil(workers * cpus)))
+        ray.init(address=address, num_cpus=local_cpus)
+    trainable = tune.with_parameters(run_trial, space=space, workers=workers, gpus=gpus,
+                                     cpus=cpus, storage=storage)
+    if tune.Tuner.can_restore(experiment):
+        print(f"resuming the search in {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    elif resume:
+        raise ConfigError(f"--resume: no search to resume in {experiment!r}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "space.json").write_text(json.dumps(_space_record(space), indent=2) + "\n")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=_searcher(space, optuna_url, max_concurrent),
+                                        scheduler=_scheduler(space), num_samples=num_samples),
+            run_config=tune.RunConfig(name=space.name, storage_path=storage))
+    grid = tuner.fit()
+    from adr_scale.search_report import write_search_outputs
+
+    return write_search_outputs(space, grid, out, optuna_url, storage)
+
+
+def _space_record(space: SearchSpace) -> dict[str, Any]:
+    return {"name": space.name, "base": space.base, "source": space.source,
+            "params": [p.__dict__ | {"choices": list(p.choices)} for p in space.params],
+            "epochs": space.epochs, "objective": space.objective, "sampler": space.sampler,
+            "scheduler": space.scheduler}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        space = load_space(args.space)
+        num, conc = check_args(args, space)
+        out = Path(args.out or f"runs/search-{space.name}")
+        best = run_search(space, out, num_samples=num, max_concurrent=conc,
+                          workers=args.workers_per_trial, gpus=args.gpus_per_worker,
+                          cpus=args.cpus_per_worker, address=args.address,
+                          storage_path=args.storage_path, optuna_storage=args.optuna_storage,
+                          resume=args.resume)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not best:
+        print("error: no trial finished; see the Ray Tune output above", file=sys.stderr)
+        return 1
+    fields = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in best["fields"].items())
+    print(f"best trial {best['trial_id']}: val robust {best[METRIC]:.4f}, clean "
+          f"{best[CLEAN_METRIC]:.4f} after {best['epochs']} epochs; {fields}")
+    print(f"report: {out / 'report.md'}\nthe long run with this schedule:\n"
+          f"  python -m adr_scale.train --from-search {out} --out runs/{space.name}-long")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+import pytest
+import yaml
+
+from adr_scale.config import ConfigError
+from adr_scale.search_space import DefineByRun, load_space, parse_space
+
+SMOKE = yaml.safe_load(open("search_spaces/smoke.yaml"))
+
+
+def _with(**changes):
+    raw = yaml.safe_load(yaml.safe_dump(SMOKE))
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    return raw
+
+
+def test_bundled_spaces_parse_and_warm_start_is_the_paper_setting():
+    expected = {"cifar10": (2.5, 2.0, 0.7, 0.95), "cifar100": (1.5, 1.0, 0.7, 0.95),
+                "tinyimagenet200": (2.0, 1.5, 0.5, 0.9), "smoke": (2.5, 2.0, 0.7, 0.95)}
+    for name, (t0, t1, l0, l1) in expected.items():
+        space = load_space(f"search_spaces/{name}.yaml")
+        cfg = space.trial_config(space.warm_start_params())
+        assert (cfg.adr.tau_start, cfg.adr.tau_end) == pytest.approx((t0, t1))
+        assert (cfg.adr.lambda_start, cfg.adr.lambda_end) == pytest.approx((l0, l1))
+        assert cfg.train.epochs == space.epochs and cfg.adr.enabled
+        long = space.long_run_config(space.warm_start_params())
+        assert long.train.epochs == (80 if name == "tinyimagenet200" else 15 if name == "smoke"
+                                     else 200)
+    assert load_space("search_spaces/cifar100_awp.yaml").long_run_config(
+        load_space("search_spaces/cifar100_awp.yaml").warm_start_params()).awp.enabled
+
+
+class _Trial:
+    """A stand-in for optuna.Trial that draws the upper end of every range."""
+
+    def __init__(self):
+        self.params = {}
+
+    def suggest_float(self, name, low, high, log=False):
+        self.params[name] = high
+        return high
+
+    def suggest_int(self, name, low, high, step=1):
+        self.params[name] = high
+        return high
+
+    def suggest_categorical(self, name, choices):
+        self.params[name] = choices[-1]
+        return choices[-1]
+
+
+def test_ordering_holds_by_construction_and_lambda_is_capped_at_one():
+    space = load_space("search_spaces/smoke.yaml")
+    trial = _Trial()
+    DefineByRun(space)(trial)
+    fields = space.field_values(trial.params)
+    assert fields["adr.tau_start"] == pytest.approx(3.0 + 1.0)  # tau_end high + gap high
+    assert fields["adr.lambda_end"] == pytest.approx(1.0)  # 0.9 + min(0.4, 1 - 0.9)
+    cfg = space.trial_config(trial.params)  # validates
+    assert cfg.adr.tau_start >= cfg.adr.tau_end and cfg.adr.lambda_end <= 1.0
+
+
+def test_real_optuna_samples_keep_the_ordering():
+    import optuna
+
+    space = load_space("search_spaces/smoke.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(50):
+        trial = study.ask()
+        DefineByRun(space)(trial)
+        cfg = space.trial_config(trial.params)
+        assert cfg.adr.tau_end <= cfg.adr.tau_start and cfg.adr.lambda_start <= cfg.adr.lambda_end
+        assert 0.0 <= cfg.adr.lambda_end <= 1.0
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"sampler": {"type": "cmaes"}}, r"sampler.type: unknown sampler"),
+    ({"scheduler": {"type": "hyperband"}}, r"scheduler.type: unknown scheduler"),
+    ({"scheduler": {"type": "asha", "grace": 1}}, r"scheduler.grace: not a setting of the asha"),
+    ({"objective": "accuracy"}, r"objective: unknown objective 'accuracy'; allowed: pareto, robust"),
+    ({"base": "nope"}, r"base: unknown preset 'nope'"),
+    ({"params": None}, r"missing key 'params'"),
+    ({"epochs": 3}, r"unknown key 'epochs'; allowed: base, budget"),
+    ({"params": {"adr.tau_end": {"distribution": "normal", "low": 0, "high": 1}}},
+     r"params.adr.tau_end.distribution: unknown distribution 'normal'"),
+    ({"params": {"adr.tau_end": {"distribution": "uniform", "low": 3.0, "high": 1.0}}},
+     r"params.adr.tau_end: inverted bounds low=3.0 > high=1.0"),
+    ({"params": {"adr.temperature": {"distribution": "uniform", "low": 1, "high": 2}}},
+     r"params.adr.temperature: 'adr.temperature' is not a config field"),
+    ({"params": {"optim.lr": {"distribution": "loguniform", "low": 0, "high": 1}}},
+     r"params.optim.lr.low: 0 must be > 0 for a loguniform"),
+    ({"params": {"adr.tau_start": {"distribution": "uniform", "low": 0, "high": 1,
+                                   "above": "adr.tau_end"}}},
+     r"params.adr.tau_start.above: 'adr.tau_end' is not a searched parameter"),
+    ({"params": {"adr.tau_end": {"distribution": "uniform", "low": -2.0, "high": -1.0}},
+      "warm_start": None}, r"the space gives an invalid config: adr.tau_end"),
+    ({"warm_start": {"adr.tau_start": 2.5}}, r"warm_start: missing a value for"),
+    ({"budget": {"epochs": 0}}, r"budget.epochs: invalid value 0"),
+])
+def test_malformed_spaces_are_refused_with_one_line(changes, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_space(_with(**changes), source="bad.yaml")
+    assert "\n" not in str(info.value) and str(info.value).startswith("bad.yaml: ")
+
+
+def test_yaml_syntax_and_missing_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nparams: {adr.tau_end: [1,\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML \(line"):
+        load_space(broken)
+    with pytest.raises(ConfigError, match="--space: file .* does not exist"):
+        load_space(tmp_path / "none.yaml")
+
+
+def test_tune_cli_refuses_a_bad_space_before_starting_ray(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_with(sampler={"type": "grid"})))
+    res = subprocess.run([sys.executable, "-m", "adr_scale.tune", "--space", str(bad),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "sampler.type: unknown sampler" in res.stderr
+    assert not (tmp_path / "out").exists()

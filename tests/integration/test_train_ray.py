@@ -27,7 +27,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 def _without_time(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rows]
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,8 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
                 ) -> TrainState:
     """Seeded model, EMA teacher, optimizer and AWP; identical weights on every rank."""
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cudnn.benchmark = True
     model = build_model(cfg, info)
     if cfg.train.sync_batchnorm and rank_and_world()[1] > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -65,6 +65,8 @@ class ADRConfig:
     lambda_start: float = 0.7  # teacher interpolation at step 0, Sec. 5.1
     lambda_end: float = 0.95  # teacher interpolation at the last step, Sec. 5.1
     ema_decay: float = 0.995  # teacher = EMA of the student (also the WA model), Sec. 5.1
+    segments: str = ""  # a learned (PBT) schedule replacing the ranges above from each fraction
+    #                     of training on: "0:2.5,2.0,0.7,0.95;0.5:2.2,1.8,0.75,0.9" (adr.schedules)
 
 
 @dataclass(kw_only=True)
@@ -173,6 +175,17 @@ def validate(cfg: RunConfig) -> RunConfig:
     if r.lambda_end < r.lambda_start:
         raise ConfigError(f"adr.lambda_end: {r.lambda_end} is below adr.lambda_start="
                           f"{r.lambda_start}; the interpolation rises over training (Sec. 4.2)")
+    if r.segments:
+        from adr_scale.schedules import parse_segments
+
+        try:
+            segments = parse_segments(r.segments)
+        except ValueError as exc:
+            raise ConfigError(f"adr.segments: invalid value {r.segments!r}: {exc}") from None
+        for _, t0, t1, l0, l1 in segments:
+            if min(t0, t1) <= 0 or not (0 <= l0 <= 1 and 0 <= l1 <= 1):
+                raise ConfigError(f"adr.segments: invalid value {r.segments!r}; temperatures "
+                                  "must be > 0 and lambdas in [0, 1]")
     if t.method == "standard" and (r.enabled or w.enabled):
         raise ConfigError("train.method: 'standard' trains without an attack; "
                           "set adr.enabled=false and awp.enabled=false")

@@ -47,7 +47,7 @@ from adr_scale.losses import trades_loss
 from adr_scale.models import create_model
 from adr_scale.report import write_run_outputs
 from adr_scale.rundir import RunDir
-from adr_scale.schedules import cosine_anneal, learning_rate
+from adr_scale.schedules import adr_schedule, learning_rate
 
 CHECKPOINT_FORMAT = 1
 PLOT_EVERY_S = 60.0  # PNGs are redrawn at most this often (and at the end)
@@ -128,8 +128,7 @@ def schedule_values(state: TrainState) -> tuple[float, float, float]:
     cfg, step, total = state.cfg, state.step, state.total_steps
     warmup = round(cfg.optim.warmup_epochs * state.steps_per_epoch)
     lr = learning_rate(cfg.optim.schedule, cfg.optim.lr, step, total, warmup)
-    tau = cosine_anneal(cfg.adr.tau_start, cfg.adr.tau_end, step, total)
-    lam = cosine_anneal(cfg.adr.lambda_start, cfg.adr.lambda_end, step, total)
+    tau, lam = adr_schedule(cfg.adr, step, total)
     return lr, tau, lam
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from adr_scale.config import RunConfig
 from adr_scale.rundir import atomic_write_text
-from adr_scale.schedules import cosine_anneal, learning_rate
+from adr_scale.schedules import adr_schedule, learning_rate
 
 TEST_SECTION = "## Test set"  # written by adr_scale.evaluate; kept when summary.md is rewritten
 
@@ -119,10 +119,8 @@ def plot_schedules(path: Path, cfg: RunConfig, total_steps: int, steps_per_epoch
     steps = list(range(0, total_steps + 1, max(total_steps // 500, 1)))
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
     curves = {
-        "tau (temperature)": [cosine_anneal(cfg.adr.tau_start, cfg.adr.tau_end, s, total_steps)
-                              for s in steps],
-        "lambda (interpolation)": [cosine_anneal(cfg.adr.lambda_start, cfg.adr.lambda_end, s,
-                                                 total_steps) for s in steps],
+        "tau (temperature)": [adr_schedule(cfg.adr, s, total_steps)[0] for s in steps],
+        "lambda (interpolation)": [adr_schedule(cfg.adr, s, total_steps)[1] for s in steps],
         "learning rate": [learning_rate(cfg.optim.schedule, cfg.optim.lr, s, total_steps, warmup)
                           for s in steps],
     }

@@ -9,7 +9,7 @@ from typing import Any
 
 from adr_scale.config import dump_yaml
 from adr_scale.rundir import atomic_write_text
-from adr_scale.schedules import cosine_anneal
+from adr_scale.schedules import adr_schedule
 from adr_scale.search_space import CLEAN_METRIC, METRIC, SearchSpace
 
 ROW_METRICS = ("epoch", "step", "train_loss", "lr", "tau", "lambda", METRIC, CLEAN_METRIC,
@@ -27,7 +27,9 @@ def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         params = {p.name: result.config[p.name] for p in space.params if p.name in result.config}
-        rows = _train_history(storage, f"{space.name}-{trial_id}") or _tune_rows(result)
+        saved = _tune_checkpoint_files(result.checkpoint)  # PBT trials report Tune checkpoints
+        rows = (saved.get("history") or _train_history(storage, f"{space.name}-{trial_id}")
+                or _tune_rows(result))
         rows = [{k: r[k] for k in ROW_METRICS if k in r} for r in rows]
         epochs = rows[-1]["epoch"] if rows else 0
         status = ("error" if result.error else "completed" if epochs >= space.epochs
@@ -36,6 +38,7 @@ def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any
             "trial_id": trial_id, "status": status, "params": params,
             "fields": space.field_values(params) if len(params) == len(space.params) else {},
             "rows": rows, "epochs": epochs,
+            "segments": saved.get("segments", {}).get("segments", []),
             METRIC: rows[-1].get(METRIC, math.nan) if rows else math.nan,
             CLEAN_METRIC: rows[-1].get(CLEAN_METRIC, math.nan) if rows else math.nan})
     return sorted(trials, key=lambda t: t["trial_id"])
@@ -59,6 +62,39 @@ def _train_history(storage: str, run_name: str) -> list[dict[str, Any]]:
             return json.loads(f.read().decode())
     except (FileNotFoundError, OSError):
         return []
+
+
+def _tune_checkpoint_files(checkpoint) -> dict[str, Any]:
+    """history.json and segments.json of a trial's last Tune checkpoint ({} if none)."""
+    import json
+
+    from adr_scale.train import HISTORY_FILE
+    from adr_scale.tune import SEGMENTS_FILE
+
+    if checkpoint is None:
+        return {}
+    out = {}
+    for key, name in (("history", HISTORY_FILE), ("segments", SEGMENTS_FILE)):
+        try:
+            with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
+                out[key] = json.loads(f.read().decode())
+        except (FileNotFoundError, OSError):
+            pass
+    return out
+
+
+def run_config_of(space: SearchSpace, trial: dict[str, Any], *, long_run: bool):
+    """The trial's config (search fidelity or full length), with its learned PBT schedule."""
+    import dataclasses
+
+    from adr_scale.config import validate
+    from adr_scale.schedules import format_segments
+
+    cfg = (space.long_run_config if long_run else space.trial_config)(trial["params"])
+    if trial.get("segments"):
+        cfg = validate(dataclasses.replace(cfg, adr=dataclasses.replace(
+            cfg.adr, segments=format_segments([tuple(x) for x in trial["segments"]]))))
+    return cfg
 
 
 def _tune_rows(result) -> list[dict[str, Any]]:
@@ -107,10 +143,11 @@ def write_results_parquet(path: Path, trials: list[dict[str, Any]]) -> None:
 
 
 def write_best_yaml(path: Path, space: SearchSpace, best: dict[str, Any]) -> None:
-    cfg = space.long_run_config(best["params"])
+    cfg = run_config_of(space, best, long_run=True)
+    learned = f" Learned PBT schedule: adr.segments={cfg.adr.segments}." if cfg.adr.segments else ""
     header = (f"# Best schedule of search '{space.name}' ({space.source}): trial {best['trial_id']},"
               f" validation PGD robust accuracy {best[METRIC]:.4f}, clean {best[CLEAN_METRIC]:.4f}"
-              f" after {best['epochs']} search epochs.\n# Full length ({cfg.train.epochs} epochs):"
+              f" after {best['epochs']} search epochs.{learned}\n# Full length ({cfg.train.epochs} epochs):"
               f" python -m adr_scale.train --config {path} --out runs/{space.name}-long\n")
     atomic_write_text(path, header + dump_yaml(cfg))
 
@@ -125,12 +162,11 @@ def plot_top_schedules(path: Path, space: SearchSpace, ranked: list[dict[str, An
     xs = [i / 100 for i in range(101)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for t in ranked[:k]:
-        cfg = space.trial_config(t["params"])
+        cfg = run_config_of(space, t, long_run=False)
         label = f"{t['trial_id']} ({100 * t[METRIC]:.1f} %)"
-        axes[0].plot(xs, [cosine_anneal(cfg.adr.tau_start, cfg.adr.tau_end, x, 1) for x in xs],
-                     label=label)
-        axes[1].plot(xs, [cosine_anneal(cfg.adr.lambda_start, cfg.adr.lambda_end, x, 1)
-                          for x in xs], label=label)
+        curve = [adr_schedule(cfg.adr, round(1000 * x), 1000) for x in xs]
+        axes[0].plot(xs, [tau for tau, _ in curve], label=label)
+        axes[1].plot(xs, [lam for _, lam in curve], label=label)
     axes[0].set(title="tau of the top trials", xlabel="fraction of training")
     axes[1].set(title="lambda of the top trials", xlabel="fraction of training")
     axes[0].legend(fontsize=7)
@@ -178,12 +214,15 @@ def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str],
     consumed = sum(t["epochs"] for t in trials)
     counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped early", "error")}
     names = [p.field for p in space.params]
+    how = (f"a PBT population mutating every {space.perturbation_interval} epochs (learned "
+           "schedules in best.yaml's adr.segments)" if space.scheduler == "pbt"
+           else f"{space.sampler.upper()} sampler (seed {space.seed})")
     lines = [
         f"# Search '{space.name}' ({space.source})",
         "",
         f"Base preset `{space.base}`; {len(trials)} trials ({counts['completed']} completed, "
         f"{counts['stopped early']} stopped early by {space.scheduler.upper()}, {counts['error']} "
-        f"failed); {space.sampler.upper()} sampler (seed {space.seed}); objective: validation "
+        f"failed); {how}; objective: validation "
         f"PGD robust accuracy{' and clean accuracy (Pareto)' if space.objective == 'pareto' else ''}"
         f". Epochs consumed: {consumed} of {len(trials) * space.epochs} for running every trial "
         f"to its {space.epochs}-epoch budget ({consumed / max(len(trials) * space.epochs, 1):.0%}).",
@@ -227,6 +266,8 @@ def write_search_outputs(space: SearchSpace, grid, out: Path, optuna_url: str, s
     best = ranked[0]
     write_best_yaml(out / "best.yaml", space, best)
     plot_top_schedules(out / "top_schedules.png", space, ranked)
-    skipped = plot_study(out, space, optuna_url)
+    skipped = (plot_study(out, space, optuna_url) if space.scheduler != "pbt" else
+               dict.fromkeys(("optimization_history.png", "param_importances.png",
+                              "parallel_coordinate.png"), "PBT runs without an Optuna study"))
     atomic_write_text(out / "report.md", report_markdown(space, trials, ranked, skipped, out))
     return best

@@ -73,6 +73,7 @@ class SearchSpace:
     grace_period: int = 1  # ASHA: epochs before the first cut
     reduction_factor: int = 2  # ASHA: keep the top 1/rf at each rung
     perturbation_interval: int = 2  # PBT: epochs between exploit / explore
+    quantile_fraction: float = 0.25  # PBT: the bottom fraction copies the top fraction
     epochs: int = 10  # per-trial budget at search fidelity (train.epochs during the search)
     num_samples: int = 8
     max_concurrent: int = 2
@@ -88,7 +89,8 @@ class SearchSpace:
         values: dict[str, Any] = {}
         for p in _dependency_order(self.params):
             raw = params[p.name]
-            values[p.field] = values[p.above] + raw if p.above else raw
+            value = values[p.above] + raw if p.above else raw
+            values[p.field] = min(value, FIELD_MAX[p.field]) if p.field in FIELD_MAX else value
         return values
 
     def trial_config(self, params: dict[str, Any]) -> RunConfig:
@@ -225,6 +227,12 @@ def _positive_int(source: str, key: str, value: Any) -> int:
     return value
 
 
+def _fraction(source: str, key: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 0.5:
+        _fail(source, f"{key}: invalid value {value!r}; allowed: a number in (0, 0.5]")
+    return float(value)
+
+
 def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
     """Validate a YAML mapping; every problem is one ConfigError line naming the key."""
     if not isinstance(raw, dict):
@@ -266,7 +274,8 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
         _fail(source, f"scheduler.type: unknown scheduler {scheduler!r}; allowed: "
                       + ", ".join(SCHEDULERS))
     allowed = {"asha": {"type", "grace_period", "reduction_factor"},
-               "pbt": {"type", "perturbation_interval"}, "none": {"type"}}[scheduler["type"]]
+               "pbt": {"type", "perturbation_interval", "quantile_fraction"},
+               "none": {"type"}}[scheduler["type"]]
     extra = set(scheduler) - allowed
     if extra:
         _fail(source, f"scheduler.{sorted(extra)[0]}: not a setting of the "
@@ -302,6 +311,8 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
                                        scheduler.get("reduction_factor", 2)),
         perturbation_interval=_positive_int(source, "scheduler.perturbation_interval",
                                             scheduler.get("perturbation_interval", 2)),
+        quantile_fraction=_fraction(source, "scheduler.quantile_fraction",
+                                    scheduler.get("quantile_fraction", 0.25)),
         epochs=_positive_int(source, "budget.epochs", budget.get("epochs", 10)),
         num_samples=_positive_int(source, "num_samples", raw.get("num_samples", 8)),
         max_concurrent=_positive_int(source, "max_concurrent", raw.get("max_concurrent", 2)),

@@ -121,7 +121,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     splits = load_splits(cfg.data)
     state = build_state(cfg, splits.info, len(splits.train), device)
-    checkpoint = ray.train.get_checkpoint()
+    # This run's own latest checkpoint (a restarted group or driver) or, for a new run, the
+    # checkpoint it starts from (a PBT segment continuing its own or another trial's state).
+    checkpoint = ray.train.get_checkpoint() or config.get("init_checkpoint")
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             load_state(state, load_checkpoint(Path(directory) / STATE_FILE))
@@ -130,7 +132,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if config.get("fault_at_step") is not None:
         state.after_step = _fault_injector(config["fault_at_step"], config["fault_marker"])
     train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
-    run_epochs(state, train, splits.val, _report_epoch)
+    run_epochs(state, train, splits.val, _report_epoch, until_epoch=config.get("until_epoch"))
 
 
 def _report_epoch(state, row: dict[str, Any], improved: bool) -> None:

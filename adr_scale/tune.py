@@ -87,6 +87,87 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
     trainer.fit()
 
 
+SEGMENTS_FILE = "segments.json"  # a PBT trial's learned schedule, in its Tune checkpoints
+
+
+def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
+                  cpus: float, storage: str) -> None:
+    """A PBT trial: train `perturbation_interval` epochs at a time, each segment a Ray Train run
+    that starts from the previous segment's checkpoint (after an exploit: another trial's, which
+    Tune hands over as this trial's Tune checkpoint), and report a Tune checkpoint after each.
+    When the tau / lambda ranges change, the learned schedule (adr.segments) gains a segment, so
+    the winner's schedule can be replayed at full length."""
+    import ray.tune
+
+    start = ray.tune.get_checkpoint()
+    segments, done = [], 0
+    if start is not None:
+        with start.as_directory() as directory:
+            saved = json.loads((Path(directory) / SEGMENTS_FILE).read_text())
+        segments, done = saved["segments"], saved["epoch"]
+    cfg = space.trial_config({p.name: params[p.name] for p in space.params})
+    a = cfg.adr
+    current = [a.tau_start, a.tau_end, a.lambda_start, a.lambda_end]
+    segments = [s for s in segments if s[0] < done / space.epochs]
+    if not segments or segments[-1][1:] != current:
+        segments.append([done / space.epochs, *current])
+    while done < space.epochs:
+        until = min(done + space.perturbation_interval, space.epochs)
+        start = _train_segment(space, cfg, segments, start, done, until, workers, gpus, cpus,
+                               storage)
+        done = until
+
+
+def _train_segment(space, cfg, segments, start, done: int, until: int, workers: int, gpus: float,
+                   cpus: float, storage: str):
+    """Train epochs done+1..until from `start`; report them to Tune with a checkpoint."""
+    import dataclasses
+    import tempfile
+
+    import ray.tune
+    from ray.train import CheckpointConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train.torch import TorchTrainer
+
+    from adr_scale.config import validate
+    from adr_scale.schedules import format_segments
+    from adr_scale.train import HISTORY_FILE, STATE_FILE, train_loop_per_worker
+
+    cfg = validate(dataclasses.replace(cfg, adr=dataclasses.replace(
+        cfg.adr, segments=format_segments([tuple(s) for s in segments]))))
+    trial_id = ray.tune.get_context().get_trial_id()
+    resources = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
+    result = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg), "init_checkpoint": start, "until_epoch": until},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
+                                     resources_per_worker=resources),
+        run_config=TrainRunConfig(name=f"{space.name}-{trial_id}-from{done:04d}",
+                                  storage_path=storage,
+                                  checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    ).fit()
+    with result.checkpoint.as_directory() as src, tempfile.TemporaryDirectory() as dst:
+        for name in (STATE_FILE, HISTORY_FILE):
+            (Path(dst) / name).write_bytes((Path(src) / name).read_bytes())
+        (Path(dst) / SEGMENTS_FILE).write_text(json.dumps({"segments": segments, "epoch": until}))
+        metrics = {k: v for k, v in result.metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(dst))
+    return result.checkpoint
+
+
+def _pbt_domain(p):
+    from ray import tune
+
+    if p.distribution == "categorical":
+        return tune.choice(list(p.choices))
+    if p.distribution == "int":
+        return tune.randint(int(p.low), int(p.high) + 1)
+    if p.distribution == "loguniform":
+        return tune.loguniform(p.low, p.high)
+    return tune.uniform(p.low, p.high)
+
+
 # ---------------------------------------------------------------------------------------------
 # The driver
 
@@ -111,13 +192,38 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int):
 
 
 def _scheduler(space: SearchSpace):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
+    if space.scheduler == "pbt":
+        return PopulationBasedTraining(
+            time_attr="epoch", metric=METRIC, mode="max",
+            perturbation_interval=space.perturbation_interval,
+            quantile_fraction=space.quantile_fraction,
+            hyperparam_mutations={p.name: _pbt_domain(p) for p in space.params})
     if space.scheduler == "asha":
         return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=space.epochs,
                              grace_period=space.grace_period,
                              reduction_factor=space.reduction_factor)
     return FIFOScheduler()
+
+
+def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_concurrent: int,
+                 ) -> dict[str, Any]:
+    """Optuna proposes the trials, except under PBT, which mutates a population itself (Tune
+    refuses PBT beside a search algorithm): then Tune samples the space and warm-starts it."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    if space.scheduler == "pbt":
+        warm = space.warm_start_params()
+        return {"param_space": {p.name: _pbt_domain(p) for p in space.params},
+                "tune_config": tune.TuneConfig(
+                    search_alg=BasicVariantGenerator(points_to_evaluate=[warm] if warm else None,
+                                                     max_concurrent=max_concurrent),
+                    scheduler=_scheduler(space), num_samples=num_samples)}
+    return {"tune_config": tune.TuneConfig(
+        search_alg=_searcher(space, optuna_url, max_concurrent), scheduler=_scheduler(space),
+        num_samples=num_samples)}
 
 
 def check_args(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
@@ -127,9 +233,6 @@ def check_args(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
                         ("--workers-per-trial", args.workers_per_trial)):
         if value < 1:
             raise ConfigError(f"{flag}: invalid value {value}; allowed: an integer >= 1")
-    if space.scheduler == "pbt":
-        raise ConfigError(f"{space.source}: scheduler.type: pbt is not available yet; "
-                          "use asha or none")
     batch = space.trial_config(space.warm_start_params() or _low_point(space)).train.batch_size
     if batch % args.workers_per_trial:
         raise ConfigError(f"--workers-per-trial: {args.workers_per_trial} does not divide "
@@ -159,7 +262,8 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         local_cpus = None if address else max(os.cpu_count() or 1,
                                               max_concurrent * (1 + math.ceil(workers * cpus)))
         ray.init(address=address, num_cpus=local_cpus)
-    trainable = tune.with_parameters(run_trial, space=space, workers=workers, gpus=gpus,
+    trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial
+    trainable = tune.with_parameters(trial_fn, space=space, workers=workers, gpus=gpus,
                                      cpus=cpus, storage=storage)
     if tune.Tuner.can_restore(experiment):
         print(f"resuming the search in {experiment}")
@@ -170,11 +274,9 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     else:
         out.mkdir(parents=True, exist_ok=True)
         (out / "space.json").write_text(json.dumps(_space_record(space), indent=2) + "\n")
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=_searcher(space, optuna_url, max_concurrent),
-                                        scheduler=_scheduler(space), num_samples=num_samples),
-            run_config=tune.RunConfig(name=space.name, storage_path=storage))
+        tuner = tune.Tuner(trainable, **_tuner_setup(space, optuna_url, num_samples,
+                                                     max_concurrent),
+                           run_config=tune.RunConfig(name=space.name, storage_path=storage))
     grid = tuner.fit()
     from adr_scale.search_report import write_search_outputs
 

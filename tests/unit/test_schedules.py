@@ -36,3 +36,27 @@ def test_cyclic_warms_up_linearly_then_cosines_to_zero():
 def test_unknown_schedule_names_field():
     with pytest.raises(ValueError, match="optim.schedule.*'step'.*cyclic, piecewise"):
         learning_rate("step", 0.1, 0, 10)
+
+
+def test_learned_segments_replay_by_fraction_of_training():
+    from adr_scale.schedules import adr_values, format_segments, parse_segments
+
+    text = format_segments([(0.0, 2.5, 2.0, 0.7, 0.95), (0.5, 1.8, 1.2, 0.6, 0.9)])
+    assert parse_segments(text) == [(0.0, 2.5, 2.0, 0.7, 0.95), (0.5, 1.8, 1.2, 0.6, 0.9)]
+    # before half-way: the first ranges; after: the second, at any run length
+    for total in (100, 1000):
+        assert adr_values(9, 9, 0, 0, text, total // 4, total) == pytest.approx(
+            (cosine_anneal(2.5, 2.0, 1, 4), cosine_anneal(0.7, 0.95, 1, 4)))
+        assert adr_values(9, 9, 0, 0, text, 3 * total // 4, total) == pytest.approx(
+            (cosine_anneal(1.8, 1.2, 3, 4), cosine_anneal(0.6, 0.9, 3, 4)))
+    assert adr_values(2.5, 2.0, 0.7, 0.95, "", 0, 10) == pytest.approx((2.5, 0.7))
+    for bad in ("0.5:1,1,0.5,0.5", "0:1,1,0.5", "0:1,1,0.5,0.5;0:1,1,0.5,0.5"):
+        with pytest.raises(ValueError):
+            parse_segments(bad)
+
+
+def test_bad_segments_in_config_are_one_line():
+    from adr_scale.config import ConfigError, apply_overrides, get_preset
+
+    with pytest.raises(ConfigError, match=r"adr.segments: invalid value '0:1,1,2,0.5'"):
+        apply_overrides(get_preset("smoke"), ["adr.segments='0:1,1,2,0.5'"])

@@ -5,34 +5,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from adr_scale.models.layers import conv1x1, conv3x3, init_weights
+from adr_scale.models.layers import conv3x3, init_weights
 from adr_scale.models.registry import ActFactory, register_model
+
+# A WRN block is the pre-activation block (BN-act-conv x2; the 1x1 projection sees the
+# pre-activated input, as in the TRADES / Madry reference code), only wider.
+from adr_scale.models.resnet import PreActBlock
 
 BASE_WIDTHS = (16, 32, 64)  # stage widths before widening (Zagoruyko & Komodakis 2016, Table 1)
 STRIDES = (1, 2, 2)  # 32x32 -> 8x8 before pooling
-
-
-class WideBlock(nn.Module):
-    """BN-act-conv3x3-BN-act-conv3x3 plus shortcut; 1x1 conv shortcut when the shape changes."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int, act: ActFactory) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.act1 = act()
-        self.conv1 = conv3x3(in_ch, out_ch, stride)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.act2 = act()
-        self.conv2 = conv3x3(out_ch, out_ch)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = conv1x1(in_ch, out_ch, stride)
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, in_ch, H, W) -> (B, out_ch, H/s, W/s)
-        out = self.act1(self.bn1(x))
-        # The projection sees the pre-activated input, as in the TRADES / Madry reference code.
-        skip = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv2(self.act2(self.bn2(self.conv1(out))))
-        return out + skip
 
 
 class WideResNet(nn.Module):
@@ -50,7 +31,7 @@ class WideResNet(nn.Module):
         in_ch = BASE_WIDTHS[0]
         for width, stride in zip(widths, STRIDES, strict=True):
             for i in range(n):
-                layers.append(WideBlock(in_ch, width, stride if i == 0 else 1, act))
+                layers.append(PreActBlock(in_ch, width, stride if i == 0 else 1, act))
                 in_ch = width
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(in_ch)

@@ -39,6 +39,8 @@ class DataConfig:
     split_seed: int = 0  # fixes the validation split independently of `seed`, so runs compare
     synthetic: str | None = None  # directory of WebDataset shards (data_pipeline output)
     synthetic_fraction: float = 0.75  # share of every batch drawn from `synthetic`, Sec. 5.4
+    skip_bad_shards: bool = False  # skip (and count) unreadable shards instead of stopping
+    tar_reader: str = "webdataset"  # webdataset (the library's reader) | fast (our ustar parser)
     crop_padding: int = 4  # random crop after zero padding, pixels; Sec. 5.1
     flip: bool = True  # random horizontal flip; Sec. 5.1
 
@@ -133,6 +135,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("data.synthetic_fraction", d.synthetic_fraction, 0.0 <= d.synthetic_fraction < 1.0,
          "a number in [0, 1)"),
         ("data.crop_padding", d.crop_padding, d.crop_padding >= 0, "an integer >= 0"),
+        ("data.tar_reader", d.tar_reader, d.tar_reader in ("fast", "webdataset"),
+         "fast, webdataset"),
         ("model.arch", m.arch, m.arch in ARCHS, ", ".join(ARCHS)),
         ("model.activation", m.activation, m.activation in ACTIVATIONS, ", ".join(ACTIVATIONS)),
         ("attack.eps", a.eps, 0.0 <= a.eps <= 1.0, "a number in [0, 1] (pixel scale)"),

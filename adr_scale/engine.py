@@ -32,6 +32,7 @@ from adr_scale.data import (
     augment,
     eval_batches,
     load_splits,
+    real_stream_batches,
     steps_per_epoch,
     to_float,
     train_batches,
@@ -108,15 +109,22 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
            if cfg.awp.enabled else None)
     if cfg.train.compile:
         model = torch.compile(model)
-    spe = steps_per_epoch(n_train, cfg.train.batch_size)
-    total = cfg.train.epochs * spe
-    if cfg.train.max_steps is not None:
-        total = min(total, cfg.train.max_steps)
+    spe, total = schedule_length(cfg, n_train)
     rank, _ = rank_and_world()
     if rank > 0:  # rank 0 keeps the single-process stream; other ranks draw their own noise
         torch.manual_seed(rank_seed(cfg.seed, rank))
     return TrainState(cfg=cfg, model=model, ema=ema, optimizer=optimizer, awp=awp, device=device,
                       steps_per_epoch=spe, total_steps=total)
+
+
+def schedule_length(cfg: RunConfig, n_train: int) -> tuple[int, int]:
+    """(steps per epoch, total steps). With synthetic data one "CIFAR-equivalent epoch" is
+    ceil(N_real / global batch) steps (Gowal et al., Wang et al.); without, the full batches of
+    one pass over the real images. train.max_steps caps the total (schedules span the cap)."""
+    spe = (math.ceil(n_train / cfg.train.batch_size) if cfg.data.synthetic
+           else steps_per_epoch(n_train, cfg.train.batch_size))
+    total = cfg.train.epochs * spe
+    return spe, total if cfg.train.max_steps is None else min(total, cfg.train.max_steps)
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -245,14 +253,31 @@ def validate_models(state: TrainState, val: ArrayDataset) -> dict[str, float]:
     return row
 
 
+def _epoch_batches(state: TrainState, train: ArrayDataset, synthetic, rank: int, world: int):
+    """This epoch's (images, labels) on the device, real only or mixed with synthetic images."""
+    cfg = state.cfg
+    if synthetic is None:
+        yield from train_batches(train, cfg.train.batch_size, cfg.seed, state.epoch, state.device,
+                                 rank=rank, world_size=world)
+        return
+    from adr_scale.data.synthetic import concat_batches, mixed_batch_sizes
+
+    real_rank, _ = mixed_batch_sizes(cfg.train.batch_size, cfg.data.synthetic_fraction, world)
+    first = state.epoch * state.steps_per_epoch
+    real = real_stream_batches(train, real_rank * world, cfg.seed, first, state.steps_per_epoch,
+                               state.device, rank=rank, world_size=world)
+    for real_batch, synth_batch in zip(real, synthetic.epoch(state.epoch, state.steps_per_epoch),
+                                       strict=True):
+        yield concat_batches(real_batch, synth_batch)
+
+
 def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
-                rank: int = 0, world_size: int = 1) -> dict[str, float]:
+                rank: int = 0, world_size: int = 1, synthetic=None) -> dict[str, float]:
     """Run the steps of epoch `state.epoch` (up to total_steps); return its training metrics."""
     cfg = state.cfg
     losses = []
     start = time.perf_counter()
-    for images, labels in train_batches(train, cfg.train.batch_size, cfg.seed, state.epoch,
-                                        state.device, rank=rank, world_size=world_size):
+    for images, labels in _epoch_batches(state, train, synthetic, rank, world_size):
         if state.step >= state.total_steps:
             break
         losses.append(train_step(state, images, labels))
@@ -265,8 +290,35 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
     lr, tau, lam = schedule_values(state)
     loss = torch.stack(losses).mean().item() if losses else float("nan")  # syncs the device
     seconds = time.perf_counter() - start
-    return {"train_loss": loss, "steps_in_epoch": len(losses), "lr": lr, "tau": tau, "lambda": lam,
-            "samples_per_s": round(len(losses) * cfg.train.batch_size / seconds, 1)}
+    row = {"train_loss": loss, "steps_in_epoch": len(losses), "lr": lr, "tau": tau, "lambda": lam,
+           "samples_per_s": round(len(losses) * cfg.train.batch_size / seconds, 1)}
+    if synthetic is not None:  # global counts, every rank alike
+        n_synth = round(cfg.data.synthetic_fraction * cfg.train.batch_size)
+        row |= {"samples_real": len(losses) * (cfg.train.batch_size - n_synth),
+                "samples_synthetic": len(losses) * n_synth,
+                "synthetic_bad_shards": len(synthetic.bad_shards)}
+    return row
+
+
+def open_synthetic(cfg: RunConfig, info: DatasetInfo, rank: int = 0, world_size: int = 1):
+    """The rank's synthetic stream for `data.synthetic` (None without); checks it fits the data."""
+    if not cfg.data.synthetic:
+        return None
+    from adr_scale.config import ConfigError
+    from adr_scale.data.synthetic import SyntheticStream, mixed_batch_sizes
+
+    _, synth_rank = mixed_batch_sizes(cfg.train.batch_size, cfg.data.synthetic_fraction, world_size)
+    if not (Path(cfg.data.synthetic) / "manifest.parquet").is_file():
+        raise ConfigError(f"data.synthetic: {cfg.data.synthetic!r} holds no manifest.parquet; "
+                          "point it at a data_pipeline output directory")
+    stream = SyntheticStream(cfg.data.synthetic, synth_rank, seed=cfg.seed, rank=rank,
+                             skip_bad=cfg.data.skip_bad_shards, tar_reader=cfg.data.tar_reader)
+    expected = (info.in_channels, info.image_size, info.image_size)
+    if tuple(stream.image_shape) != expected or stream.num_classes != info.num_classes:
+        raise ConfigError(f"data.synthetic: shards hold {stream.num_classes}-class images of shape "
+                          f"{tuple(stream.image_shape)}; {cfg.data.dataset} needs "
+                          f"{info.num_classes} classes of shape {expected}")
+    return stream
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +379,8 @@ EpochHook = Callable[[TrainState, dict[str, Any], bool], None]
 
 
 def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epoch_end: EpochHook,
-               *, until_epoch: int | None = None, bar: tqdm | None = None) -> None:
+               *, until_epoch: int | None = None, bar: tqdm | None = None,
+               synthetic=None) -> None:
     """Train epoch by epoch from `state.epoch`; after each, call on_epoch_end(state, row, improved).
 
     The same loop runs in-process (`fit`) and on every Ray Train worker (`adr_scale.train`).
@@ -336,7 +389,7 @@ def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epo
     stop = state.num_epochs if until_epoch is None else min(until_epoch, state.num_epochs)
     while state.epoch < stop:
         start = time.perf_counter()
-        row = {"epoch": state.epoch + 1, **train_epoch(state, train, bar, rank, world)}
+        row = {"epoch": state.epoch + 1, **train_epoch(state, train, bar, rank, world, synthetic)}
         row |= validate_models(state, val)
         row |= {"step": state.step, "seconds": round(time.perf_counter() - start, 3)}
         state.epoch += 1
@@ -362,6 +415,7 @@ def fit(cfg: RunConfig, out: str | Path, *, until_epoch: int | None = None,
     """
     validate(cfg)
     splits = splits or load_splits(cfg.data)  # bad roots fail here, before anything is written
+    synthetic = open_synthetic(cfg, splits.info)
     device = resolve_device(cfg.train.device)
     run = RunDir(out)
     run.prepare(cfg)
@@ -389,7 +443,8 @@ def fit(cfg: RunConfig, out: str | Path, *, until_epoch: int | None = None,
             last_plot[0] = time.monotonic()
         bar.write(epoch_line(state, row))
 
-    run_epochs(state, train, splits.val, on_epoch_end, until_epoch=until_epoch, bar=bar)
+    run_epochs(state, train, splits.val, on_epoch_end, until_epoch=until_epoch, bar=bar,
+               synthetic=synthetic)
     bar.close()
     if state.epoch < state.num_epochs or not state.history:
         return {}

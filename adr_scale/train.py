@@ -115,7 +115,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from adr_scale.data import ArrayDataset, load_splits
-    from adr_scale.engine import build_state, load_checkpoint, load_state, run_epochs
+    from adr_scale.engine import (
+        build_state,
+        load_checkpoint,
+        load_state,
+        open_synthetic,
+        run_epochs,
+    )
 
     cfg = validate(from_dict(config["config"], source="train_loop_config"))
     device = ray.train.torch.get_device()
@@ -132,7 +138,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if config.get("fault_at_step") is not None:
         state.after_step = _fault_injector(config["fault_at_step"], config["fault_marker"])
     train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
-    run_epochs(state, train, splits.val, _report_epoch, until_epoch=config.get("until_epoch"))
+    ctx = ray.train.get_context()
+    synthetic = open_synthetic(cfg, splits.info, ctx.get_world_rank(), ctx.get_world_size())
+    run_epochs(state, train, splits.val, _report_epoch, until_epoch=config.get("until_epoch"),
+               synthetic=synthetic)
 
 
 def _report_epoch(state, row: dict[str, Any], improved: bool) -> None:
@@ -309,20 +318,20 @@ def launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float = 
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
-    from adr_scale.data import load_splits, steps_per_epoch
+    from adr_scale.data import load_splits
+    from adr_scale.engine import open_synthetic, schedule_length
     from adr_scale.rundir import RunDir
 
     check_scaling(cfg, workers, gpus_per_worker, max_failures)
     splits = load_splits(cfg.data)  # a bad root fails here, before anything is written
+    open_synthetic(cfg, splits.info, 0, max(workers, 1))  # and bad shards or mixing sizes here
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True, include_dashboard=None)
     storage = storage_path or str((out / "ray").resolve())
     check_storage_visible(storage)
     RunDir(out).prepare(cfg)
-    spe = steps_per_epoch(len(splits.train), cfg.train.batch_size)
-    total = cfg.train.epochs * spe if cfg.train.max_steps is None else min(
-        cfg.train.epochs * spe, cfg.train.max_steps)
+    spe, total = schedule_length(cfg, len(splits.train))
     loop_config: dict[str, Any] = {"config": to_dict(cfg)}
     if fault_at_step is not None:
         loop_config |= {"fault_at_step": fault_at_step,

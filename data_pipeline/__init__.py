@@ -1,0 +1,8 @@
+"""Synthetic data for adr-scale: generate or shard images into WebDataset tars with a manifest.
+
+    python -m data_pipeline.generate_ddpm --model DIR --num-images N --out shards/NAME --labeler CKPT
+    python -m data_pipeline.shard_npz --npz FILE.npz --out shards/NAME
+    python -m data_pipeline.verify shards/NAME
+
+The format (shards.py) is read by `adr_scale.data.synthetic`; docs/data.md describes both sides.
+"""

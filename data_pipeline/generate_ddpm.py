@@ -1,0 +1,310 @@
+"""python -m data_pipeline.generate_ddpm: sample a diffusers DDPM into labelled WebDataset shards.
+
+Each shard is one Ray task (a local Ray is started when there is no --address). The driver checks
+every flag before anything is written, then resumes: a shard whose file matches its manifest row is
+never touched, everything else is generated again from the same (seed, index) noise. Shards are
+written under a temporary name and renamed when complete, so an interrupted run leaves no partial
+shard; the manifest is rewritten (atomically) after each finished shard.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from adr_scale.config import ConfigError
+from data_pipeline.cli import Parser, positive_int, run_main
+from data_pipeline.diffusion import (
+    DEFAULT_DDIM_STEPS,
+    MAX_ROUNDS,
+    SCHEDULERS,
+    GenerateSpec,
+    Labeler,
+    image_shape_of,
+    locate_model,
+    produce_shard,
+    sha256_of,
+    shard_task,
+    task_device,
+)
+from data_pipeline.progress import ProgressCounter
+from data_pipeline.shards import (
+    FORMAT,
+    Manifest,
+    make_row,
+    open_output,
+    remove_stale_temporaries,
+    scan_shard,
+    shard_name,
+    verified,
+    write_manifest,
+)
+
+KIND = "generate_ddpm"
+
+
+def parse_args(argv: list[str] | None):
+    p = Parser(prog="python -m data_pipeline.generate_ddpm",
+               description="Sample a diffusers UNet2DModel (DDPM or DDIM), label the images with an "
+                           "adr-scale checkpoint (or the model's own classes) and write WebDataset "
+                           "shards plus manifest.parquet. Rerun the same command to resume.",
+               example="python -m data_pipeline.generate_ddpm --model google/ddpm-cifar10-32 "
+                       "--num-images 1000000 --out shards/c10-ddpm --labeler runs/c10-std/best.pt "
+                       "--scheduler ddim --steps 100 --balance --gpus-per-task 1")
+    p.add_argument("--model", required=True,
+                   help="diffusers pipeline directory or hub id (UNet2DModel + scheduler); a "
+                        "class-conditional UNet (num_class_embeds) labels its own images")
+    p.add_argument("--num-images", type=positive_int, required=True, help="images to keep")
+    p.add_argument("--out", required=True, help="output directory (created; reused to resume)")
+    p.add_argument("--scheduler", default="ddpm", help="ddpm (ancestral) or ddim (eta = 0)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help=f"sampling steps (default: all training steps for ddpm, "
+                        f"{DEFAULT_DDIM_STEPS} for ddim)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per UNet forward")
+    p.add_argument("--shard-size", type=positive_int, default=10000, help="images per shard")
+    p.add_argument("--seed", type=int, default=0, help="noise of image i comes from (seed, i)")
+    p.add_argument("--labeler", default=None,
+                   help="adr-scale checkpoint that labels the images (EMA weights if trained with "
+                        "train.wa); required for unconditional models")
+    p.add_argument("--balance", action="store_true",
+                   help="keep the most confident images of every class so that each shard holds "
+                        "equal classes (more images are generated than kept; see the manifest)")
+    p.add_argument("--oversample", type=float, default=1.0,
+                   help="--balance: generate until every class has this many times its share "
+                        "(1 = only what the rarest class needs)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs per shard task")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def build_spec(args) -> GenerateSpec:
+    """Check every flag and read the model and labeller configs; writes nothing."""
+    if args.scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler: {args.scheduler!r} is not a scheduler; allowed: "
+                          + ", ".join(SCHEDULERS))
+    if args.gpus_per_task < 0:
+        raise ConfigError(f"--gpus-per-task: {args.gpus_per_task} is negative; allowed: a number >= 0")
+    if not 1.0 <= args.oversample <= MAX_ROUNDS / 4:
+        raise ConfigError(f"--oversample: {args.oversample} is out of range; allowed: a number "
+                          f"in [1, {MAX_ROUNDS // 4}]")
+    _, unet_cfg, sched_cfg = locate_model(args.model)
+    shape = image_shape_of(unet_cfg)
+    if unet_cfg["out_channels"] != shape[0] or shape[0] not in (1, 3):
+        raise ConfigError(f"--model: {args.model!r} maps {shape[0]} to {unet_cfg['out_channels']} "
+                          "channels; allowed: a pixel-space UNet with 1 or 3 channels in and out")
+    train_steps = sched_cfg.get("num_train_timesteps", 1000)
+    steps = args.steps or (train_steps if args.scheduler == "ddpm" else DEFAULT_DDIM_STEPS)
+    if steps > train_steps:
+        raise ConfigError(f"--steps: {steps} exceeds the model's {train_steps} training steps; "
+                          f"allowed: an integer in [1, {train_steps}]")
+    conditional = unet_cfg.get("num_class_embeds") is not None
+    labeler = _check_labeler(args, shape, conditional, unet_cfg.get("num_class_embeds"))
+    num_classes = unet_cfg["num_class_embeds"] if conditional else labeler.num_classes
+    if args.balance:
+        for flag, value in (("--num-images", args.num_images), ("--shard-size", args.shard_size)):
+            if value % num_classes:
+                raise ConfigError(f"{flag}: {value} is not a multiple of the {num_classes} classes; "
+                                  "allowed: a multiple of the class count with --balance")
+    return GenerateSpec(
+        model=args.model, scheduler=args.scheduler, steps=steps, seed=args.seed,
+        shard_size=args.shard_size, num_images=args.num_images, batch_size=args.batch_size,
+        labeler=args.labeler, labeler_sha256=sha256_of(args.labeler) if args.labeler else None,
+        balance=args.balance, oversample=args.oversample if args.balance else 1.0,
+        num_classes=num_classes, conditional=conditional, image_shape=shape)
+
+
+def _check_labeler(args, shape, conditional: bool, num_class_embeds: int | None) -> Labeler | None:
+    if args.labeler is None:
+        if not conditional:
+            raise ConfigError(f"--labeler: required: {args.model!r} is unconditional (no "
+                              "num_class_embeds); allowed: an adr-scale checkpoint, e.g. a "
+                              "train.method=standard run's best.pt")
+        if args.balance:
+            raise ConfigError("--balance: needs --labeler to rank images by confidence; allowed: "
+                              "--balance with --labeler, or neither (a conditional model is "
+                              "balanced by construction)")
+        return None
+    try:
+        labeler = Labeler(args.labeler, torch.device("cpu"))
+    except FileNotFoundError:
+        raise ConfigError(f"--labeler: {args.labeler!r} does not exist; allowed: an adr-scale "
+                          "checkpoint file") from None
+    if labeler.image_shape != shape:
+        raise ConfigError(f"--labeler: {args.labeler} classifies {labeler.dataset} images "
+                          f"{labeler.image_shape}, the model makes {shape}; allowed: a labeller "
+                          "trained on images of the model's shape (C, H, W)")
+    if conditional and labeler.num_classes != num_class_embeds:
+        raise ConfigError(f"--labeler: {args.labeler} has {labeler.num_classes} classes, the model "
+                          f"{num_class_embeds}; allowed: a labeller with the model's classes")
+    return labeler
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume
+
+
+def _meta(spec: GenerateSpec) -> dict[str, Any]:
+    return {"format": FORMAT, "kind": KIND, "num_shards": spec.num_shards,
+            "num_images": spec.num_images, "num_classes": spec.num_classes,
+            "image_shape": list(spec.image_shape), "spec": spec.identity(),
+            "batch_size": spec.batch_size}
+
+
+def plan(spec: GenerateSpec, out: Path) -> tuple[Manifest, list[int]]:
+    """The manifest to continue from and the shards still to make. Raises before writing."""
+    old = open_output(out)
+    if old is None:
+        return Manifest(_meta(spec), {}), list(range(spec.num_shards))
+    if old.meta.get("kind") != KIND:
+        raise ConfigError(f"--out: {out} holds shards made by {old.meta.get('kind')}; allowed: a "
+                          "new directory, or one generate_ddpm wrote (to resume)")
+    mine, theirs = spec.identity(), old.meta["spec"]
+    for key in mine:
+        if mine[key] != theirs.get(key):
+            raise ConfigError(f"--out: {out} was generated with {key}={theirs.get(key)!r}, this run "
+                              f"has {mine[key]!r}; allowed: the same settings (to resume) or a new "
+                              "--out")
+    beyond = sorted(n for n in old.rows if int(n[6:12]) >= spec.num_shards)
+    if beyond:
+        raise ConfigError(f"--num-images: {spec.num_images} needs {spec.num_shards} shards but {out} "
+                          f"already holds {beyond[-1]}; allowed: at least "
+                          f"{old.meta['num_images']} (what the directory was made for) or a new --out")
+    if old.meta.get("batch_size") != spec.batch_size and old.rows:
+        print(f"note: --batch-size {spec.batch_size} differs from the {old.meta.get('batch_size')} "
+              "of the finished shards; new shards may differ from an uninterrupted run by float "
+              "rounding (at most 1 in ~1e-5 of pixels)", file=sys.stderr)
+    rows: dict[str, dict[str, Any]] = {}
+    todo = []
+    for k in range(spec.num_shards):
+        name = shard_name(k)
+        row = old.rows.get(name)
+        if row is not None and row["count"] == spec.shard_count(k) and verified(out, row):
+            rows[name] = row
+        elif row is None and (adopted := _adopt(spec, out, k)) is not None:
+            rows[name] = adopted
+        else:
+            todo.append(k)
+    return Manifest(_meta(spec), rows), todo
+
+
+def _adopt(spec: GenerateSpec, out: Path, k: int) -> dict[str, Any] | None:
+    """A complete shard whose manifest row was lost (the run stopped between rename and manifest
+    write): keep it if it holds exactly the expected samples. --balance shards are regenerated."""
+    path = out / shard_name(k)
+    if spec.balance or not path.is_file():
+        return None
+    try:
+        scanned = scan_shard(path, spec.num_classes)
+    except ValueError:
+        return None
+    expected = spec.candidates(k, 0)
+    if scanned.indices != list(expected) or any(m is None or m.get("seed") != spec.seed
+                                                for m in scanned.metas):
+        return None
+    return make_row(path.name, scanned, generated=len(expected), first_index=expected.start,
+                    last_index=expected.stop - 1, source=spec.model, scheduler=spec.scheduler,
+                    steps=spec.steps, seed=spec.seed, labeler=spec.labeler)
+
+
+# ---------------------------------------------------------------------------------------------
+# Execution: one Ray task per shard (or in-process, for tests and debugging)
+
+
+def _run_local(spec: GenerateSpec, out: Path, todo: list[int], bar: tqdm) -> Iterator[dict]:
+    device = task_device(1.0)
+    for k in todo:
+        yield produce_shard(spec, k, out, device, progress=bar.update)
+
+
+def _run_ray(spec: GenerateSpec, out: Path, todo: list[int], bar: tqdm, address: str | None,
+             gpus: float) -> Iterator[dict]:
+    import ray
+    from ray.exceptions import RayTaskError
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR",
+                 configure_logging=False)
+    refs: list = []
+    try:
+        if gpus > 0 and ray.cluster_resources().get("GPU", 0) < gpus:
+            print(f"note: --gpus-per-task {gpus} but the Ray cluster has no such GPUs now; tasks "
+                  "wait until an autoscaler adds them", file=sys.stderr)
+        # Both come from importable modules, so Ray pickles them by reference, not by value.
+        counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
+        task = ray.remote(shard_task).options(num_cpus=1, num_gpus=gpus, max_retries=2)
+        refs = [task.remote(spec, k, str(out), counter, gpus) for k in todo]
+        base, pending = bar.n, list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            bar.update(base + ray.get(counter.value.remote()) - bar.n)
+            for ref in ready:
+                try:
+                    yield ray.get(ref)
+                except RayTaskError as exc:
+                    if isinstance(exc.cause, ConfigError):
+                        raise ConfigError(str(exc.cause)) from None
+                    raise
+    finally:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+def generate(spec: GenerateSpec, out: str | Path, *, use_ray: bool = True,
+             address: str | None = None, gpus_per_task: float = 0.0,
+             progress: bool = True) -> tuple[Manifest, list[int]]:
+    """Make every missing shard of `spec` in `out`; returns (manifest, shards made this run)."""
+    out = Path(out)
+    manifest, todo = plan(spec, out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    write_manifest(out, manifest)
+    expected = sum(spec.shard_count(k) for k in todo) * (spec.oversample if spec.balance else 1)
+    done = spec.num_images - sum(spec.shard_count(k) for k in todo)
+    bar = tqdm(total=math.ceil(done + expected), initial=done, unit="img", dynamic_ncols=True,
+               desc=f"generate {out.name}", disable=not progress, file=sys.stderr)
+    if not todo:
+        rows: Iterator[dict] = iter(())
+    elif use_ray:
+        rows = _run_ray(spec, out, todo, bar, address, gpus_per_task)
+    else:
+        rows = _run_local(spec, out, todo, bar)
+    for row in rows:
+        manifest.rows[row["shard"]] = row
+        write_manifest(out, manifest)
+        bar.total = max(bar.total, bar.n)  # --balance may generate more than estimated
+    bar.close()
+    return manifest, todo
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    spec = build_spec(args)
+    start = time.perf_counter()
+    try:
+        manifest, made = generate(spec, args.out, address=args.address,
+                                  gpus_per_task=args.gpus_per_task, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished shards are kept in {args.out}; rerun the same command "
+              "to resume", file=sys.stderr)
+        return 130
+    rows = manifest.rows.values()
+    kept, generated = sum(r["count"] for r in rows), sum(r["generated"] for r in rows)
+    print(f"{args.out}: {len(made)} shards made, {spec.num_shards - len(made)} already done; "
+          f"{kept} images kept of {generated} generated "
+          f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("generate_ddpm", main))

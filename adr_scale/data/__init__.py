@@ -1,0 +1,21 @@
+"""Real datasets, the validation split, and device-side batches."""
+
+from adr_scale.data.datasets import DATASET_INFO, ArrayDataset, DatasetInfo, load_arrays
+from adr_scale.data.loader import (
+    Splits,
+    augment,
+    epoch_permutation,
+    eval_batches,
+    load_splits,
+    real_stream_batches,
+    split_validation,
+    steps_per_epoch,
+    to_float,
+    train_batches,
+)
+
+__all__ = [
+    "DATASET_INFO", "ArrayDataset", "DatasetInfo", "Splits", "augment", "epoch_permutation",
+    "eval_batches", "load_arrays", "load_splits", "real_stream_batches", "split_validation", "steps_per_epoch",
+    "to_float", "train_batches",
+]

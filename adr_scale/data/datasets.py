@@ -1,0 +1,297 @@
+"""Whole image datasets read into memory as uint8 tensors.
+
+Every loader returns ``(train, test)`` as :class:`ArrayDataset` with images in (N, C, H, W)
+uint8 layout; scaling to [0, 1] and normalisation happen later, on the device.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    images: torch.Tensor  # (N, C, H, W) uint8, contiguous
+    labels: torch.Tensor  # (N,) int64
+
+    def __post_init__(self) -> None:
+        assert self.images.dtype == torch.uint8 and self.images.ndim == 4
+        assert self.images.is_contiguous()
+        assert self.labels.dtype == torch.int64 and self.labels.shape == (len(self.images),)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    in_channels: int
+    image_size: int  # pixels, square images
+    mean: tuple[float, ...]  # per channel, of images scaled to [0, 1]
+    std: tuple[float, ...]  # per channel, of images scaled to [0, 1]
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        mean=(0.4914, 0.4822, 0.4465),  # training set, the commonly used values
+        std=(0.2471, 0.2435, 0.2616),
+    ),
+    "cifar100": DatasetInfo(
+        num_classes=100,
+        in_channels=3,
+        image_size=32,
+        mean=(0.5071, 0.4865, 0.4409),  # training set, the commonly used values
+        std=(0.2673, 0.2564, 0.2762),
+    ),
+    "tinyimagenet200": DatasetInfo(
+        num_classes=200,
+        in_channels=3,
+        image_size=64,
+        mean=(0.4802, 0.4481, 0.3975),  # training set, the commonly used values
+        std=(0.2770, 0.2691, 0.2821),
+    ),
+    "digits": DatasetInfo(
+        num_classes=10,
+        in_channels=1,
+        image_size=8,
+        # All 1797 images after the uint8 scaling of load_digits(), divided by 255:
+        # np.mean(x) and np.std(x) (ddof=0) over every pixel, rounded to 4 decimals.
+        mean=(0.3053,),
+        std=(0.3759,),
+    ),
+}
+
+
+def load_arrays(dataset: str, root: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) of the dataset named in ``data.dataset``."""
+    if dataset == "cifar10":
+        return load_cifar(root, 10, download=download)
+    if dataset == "cifar100":
+        return load_cifar(root, 100, download=download)
+    if dataset == "tinyimagenet200":
+        return load_tinyimagenet(root)
+    if dataset == "digits":
+        return load_digits()
+    allowed = ", ".join(sorted(DATASET_INFO))
+    raise ValueError(f"data.dataset: unknown dataset {dataset!r}; allowed: {allowed}")
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100, torchvision's on-disk layout
+
+
+_CIFAR_LAYOUT = {
+    # num_classes: (folder, train files, test file, label key)
+    10: (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "labels",
+    ),
+    100: ("cifar-100-python", ["train"], "test", "fine_labels"),
+}
+
+
+def load_cifar(
+    root: str, num_classes: int, *, download: bool = False
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """CIFAR-10 or CIFAR-100 from the python pickles under ``root``.
+
+    With ``download`` torchvision fetches missing files; we still read the pickles ourselves
+    (torchvision's reader insists on the official md5 sums).
+    """
+    if num_classes not in _CIFAR_LAYOUT:
+        raise ValueError(f"num_classes: CIFAR has 10 or 100 classes, got {num_classes!r}")
+    folder, train_files, test_file, label_key = _CIFAR_LAYOUT[num_classes]
+    base = Path(root) / folder
+    needed = [base / name for name in [*train_files, test_file]]
+    if download and not all(p.is_file() for p in needed):
+        from torchvision import datasets as tv_datasets  # slow import, only when fetching
+
+        fetch = tv_datasets.CIFAR10 if num_classes == 10 else tv_datasets.CIFAR100
+        fetch(root, train=True, download=True)  # one archive holds train and test
+    if not all(p.is_file() for p in needed):
+        raise ValueError(
+            f"data.root: {root!r} holds no CIFAR-{num_classes} data (expected {needed[0]} ...); "
+            "set data.download=true to fetch it"
+        )
+    train = _concat([_read_cifar_batch(base / name, label_key) for name in train_files])
+    test = _read_cifar_batch(base / test_file, label_key)
+    return train, test
+
+
+def _read_cifar_batch(path: Path, label_key: str) -> ArrayDataset:
+    with open(path, "rb") as f:
+        # latin1 reads both the official Python 2 pickles (str keys) and Python 3 ones (bytes keys)
+        raw = pickle.load(f, encoding="latin1")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    if "data" not in entry or label_key not in entry:
+        raise ValueError(f"data.root: {str(path)!r} lacks the keys 'data' and {label_key!r}")
+    data = np.asarray(entry["data"], dtype=np.uint8)  # (N, 3072)
+    labels = np.asarray(entry[label_key], dtype=np.int64)  # (N,)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise ValueError(
+            f"data.root: {str(path)!r} has data {data.shape} and {len(labels)} labels; "
+            "expected (N, 3072) and N"
+        )
+    # Each row is channel-major: 1024 red bytes, then green, then blue, each row-major 32x32.
+    images = data.reshape(-1, 3, 32, 32)
+    return ArrayDataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels))
+
+
+def _concat(parts: Sequence[ArrayDataset]) -> ArrayDataset:
+    return ArrayDataset(
+        torch.cat([p.images for p in parts]).contiguous(), torch.cat([p.labels for p in parts])
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# TinyImageNet-200, standard folder layout, decoded once and cached as .npz
+
+_TINY_CACHE = ".adr_scale_cache_v1.npz"
+_TINY_SIZE = 64  # pixels
+
+
+def load_tinyimagenet(root: str) -> tuple[ArrayDataset, ArrayDataset]:
+    """TinyImageNet-200 train and labelled val (as test) from ``root`` or ``root/tiny-imagenet-200``.
+
+    Class index = position of the wnid in sorted(wnids). The decoded arrays are cached in
+    ``<dataset dir>/.adr_scale_cache_v1.npz``, reused while newer than val_annotations.txt.
+    """
+    base = _find_tinyimagenet(root)
+    wnids = sorted((base / "wnids.txt").read_text().split())
+    annotations = base / "val" / "val_annotations.txt"
+    cache = base / _TINY_CACHE
+    arrays = None
+    # >= rather than >: on filesystems with coarse timestamps both can share one tick.
+    if cache.is_file() and cache.stat().st_mtime >= annotations.stat().st_mtime:
+        arrays = _read_cache(cache, wnids)
+    if arrays is None:
+        arrays = _decode_tinyimagenet(base, wnids)
+        _write_cache(cache, arrays, wnids)
+    train = ArrayDataset(torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"]))
+    test = ArrayDataset(torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"]))
+    return train, test
+
+
+def _find_tinyimagenet(root: str) -> Path:
+    for base in (Path(root), Path(root) / "tiny-imagenet-200"):
+        if (base / "wnids.txt").is_file() and (base / "val" / "val_annotations.txt").is_file():
+            return base
+    expected = Path(root) / "tiny-imagenet-200"
+    raise ValueError(
+        f"data.root: {root!r} holds no TinyImageNet-200 data (expected {expected}/wnids.txt, "
+        f"train/<wnid>/images/*.JPEG and val/val_annotations.txt, or the same directly in "
+        f"{root}); download and unzip tiny-imagenet-200.zip there"
+    )
+
+
+def _decode_tinyimagenet(base: Path, wnids: list[str]) -> dict[str, np.ndarray]:
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    train_paths, train_y = [], []
+    for wnid in wnids:
+        folder = base / "train" / wnid / "images"
+        if not folder.is_dir():
+            raise ValueError(f"data.root: TinyImageNet-200 class folder {str(folder)!r} is missing")
+        paths = sorted(folder.glob("*.JPEG"))
+        train_paths += paths
+        train_y += [index[wnid]] * len(paths)
+    test_paths, test_y = [], []
+    annotations = base / "val" / "val_annotations.txt"
+    for line_no, line in enumerate(annotations.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")  # filename, wnid, x0, y0, x1, y1
+        if len(fields) < 2 or fields[1] not in index:
+            raise ValueError(
+                f"data.root: {str(annotations)!r} line {line_no} names no known wnid: {line!r}"
+            )
+        test_paths.append(base / "val" / "images" / fields[0])
+        test_y.append(index[fields[1]])
+    return {
+        "train_x": _decode_images(train_paths, "TinyImageNet train"),
+        "train_y": np.asarray(train_y, dtype=np.int64),
+        "test_x": _decode_images(test_paths, "TinyImageNet val"),
+        "test_y": np.asarray(test_y, dtype=np.int64),
+    }
+
+
+def _decode_images(paths: list[Path], desc: str) -> np.ndarray:
+    out = np.empty((len(paths), 3, _TINY_SIZE, _TINY_SIZE), dtype=np.uint8)  # (N, C, H, W)
+    # Threads: Pillow releases the GIL while decoding, and file opens overlap on network disks.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = pool.map(_decode_one, paths)
+        for i, hwc in enumerate(tqdm(decoded, total=len(paths), desc=desc, unit="img")):
+            out[i] = hwc.transpose(2, 0, 1)
+    return out
+
+
+def _decode_one(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        if img.size != (_TINY_SIZE, _TINY_SIZE):
+            w, h = img.size
+            raise ValueError(
+                f"data.root: image {str(path)!r} is {w}x{h}; TinyImageNet-200 images are 64x64"
+            )
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+
+
+def _read_cache(cache: Path, wnids: list[str]) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when the cache was made for other classes or is unreadable."""
+    try:
+        with np.load(cache, allow_pickle=False) as npz:
+            if list(npz["wnids"]) != wnids:
+                return None
+            return {k: npz[k] for k in ("train_x", "train_y", "test_x", "test_y")}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _write_cache(cache: Path, arrays: dict[str, np.ndarray], wnids: list[str]) -> None:
+    # Write under a private name and rename: an interrupted run or a concurrent worker never
+    # leaves a partial cache behind.
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, wnids=np.asarray(wnids), **arrays)
+        os.replace(tmp, cache)
+    except OSError as err:  # e.g. a read-only dataset directory: run on without a cache
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write TinyImageNet cache {cache}: {err}", stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# scikit-learn digits: bundled, 8x8 grey, used by smoke runs
+
+_DIGITS_TEST = 297  # images; the other 1500 train
+
+
+def load_digits() -> tuple[ArrayDataset, ArrayDataset]:
+    """scikit-learn's 1797 digits as (N, 1, 8, 8) uint8, split 1500 / 297 independently of any seed."""
+    from sklearn.datasets import load_digits as sk_load_digits  # slow import, only when used
+
+    bunch = sk_load_digits()
+    pixels = np.round(bunch.data * 255 / 16).astype(np.uint8)  # values 0..16 -> 0..255
+    images = pixels.reshape(-1, 1, 8, 8)
+    labels = bunch.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(labels))  # fixed split, not the run seed
+    test_idx, train_idx = order[:_DIGITS_TEST], order[_DIGITS_TEST:]
+    train = ArrayDataset(torch.from_numpy(images[train_idx]), torch.from_numpy(labels[train_idx]))
+    test = ArrayDataset(torch.from_numpy(images[test_idx]), torch.from_numpy(labels[test_idx]))
+    return train, test

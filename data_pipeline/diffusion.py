@@ -78,14 +78,6 @@ def noise_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def sha256_of(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading
 

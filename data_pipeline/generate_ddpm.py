@@ -30,7 +30,6 @@ from data_pipeline.diffusion import (
     image_shape_of,
     locate_model,
     produce_shard,
-    sha256_of,
     shard_task,
     task_device,
 )
@@ -42,6 +41,7 @@ from data_pipeline.shards import (
     open_output,
     remove_stale_temporaries,
     scan_shard,
+    sha256_file,
     shard_name,
     verified,
     write_manifest,
@@ -116,7 +116,7 @@ def build_spec(args) -> GenerateSpec:
     return GenerateSpec(
         model=args.model, scheduler=args.scheduler, steps=steps, seed=args.seed,
         shard_size=args.shard_size, num_images=args.num_images, batch_size=args.batch_size,
-        labeler=args.labeler, labeler_sha256=sha256_of(args.labeler) if args.labeler else None,
+        labeler=args.labeler, labeler_sha256=sha256_file(args.labeler) if args.labeler else None,
         balance=args.balance, oversample=args.oversample if args.balance else 1.0,
         num_classes=num_classes, conditional=conditional, image_shape=shape)
 

@@ -139,9 +139,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state.after_step = _fault_injector(config["fault_at_step"], config["fault_marker"])
     train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
     ctx = ray.train.get_context()
+    until = config.get("until_epoch") or state.num_epochs
+    if state.history and state.epoch >= until:
+        # Restarted after its last epoch (e.g. a Tune trial whose driver died before it recorded
+        # the end): announce the final result again, so callbacks and Tune see it.
+        ray.train.report(state.history[-1] | {"improved": False, "num_epochs": state.num_epochs,
+                                              "total_steps": state.total_steps,
+                                              "steps_per_epoch": state.steps_per_epoch})
+        return
     synthetic = open_synthetic(cfg, splits.info, ctx.get_world_rank(), ctx.get_world_size())
-    run_epochs(state, train, splits.val, _report_epoch, until_epoch=config.get("until_epoch"),
-               synthetic=synthetic)
+    run_epochs(state, train, splits.val, _report_epoch, until_epoch=until, synthetic=synthetic)
 
 
 def _report_epoch(state, row: dict[str, Any], improved: bool) -> None:

@@ -18,7 +18,7 @@ from data_pipeline.shards import read_manifest
 from data_pipeline.smoke import tiny_labeler, tiny_unet
 
 REPO = Path(__file__).resolve().parents[2]
-N, SHARD, STEPS = 60, 10, 30  # 6 shards of about half a second each on a CPU core
+N, SHARD, STEPS = 60, 10, 200  # 6 shards of a few seconds each: Ctrl-C lands mid-run
 
 
 def _argv(assets: dict, out: Path) -> list[str]:
@@ -59,7 +59,7 @@ def test_ctrl_c_then_resume_through_ray_matches_in_process_run(assets, tmp_path)
     deadline = time.monotonic() + 400
     while not (out / "shard-000000.tar").exists() and driver.poll() is None:
         assert time.monotonic() < deadline, "no shard appeared"
-        time.sleep(0.2)
+        time.sleep(0.05)
     driver.send_signal(signal.SIGINT)  # Ctrl-C while the other shards are being sampled
     log = driver.communicate(timeout=120)[0]
     assert driver.returncode == 130, log

@@ -17,12 +17,13 @@ from adr_scale.train import main as train_main
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _space(tmp_path):
+def _space(tmp_path, *, epochs, samples, lr=False):
     raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
-    raw["budget"] = {"epochs": 3}
-    raw["params"]["optim.lr"] = {"distribution": "loguniform", "low": 1e-4, "high": 0.2}
-    raw["warm_start"]["optim.lr"] = 0.1  # the warm start trains well; tiny rates do not
-    raw |= {"num_samples": 3, "max_concurrent": 1}  # sequential: ASHA's cuts are deterministic
+    raw["budget"] = {"epochs": epochs}
+    if lr:  # the warm start trains well; tiny learning rates do not, so ASHA has work to do
+        raw["params"]["optim.lr"] = {"distribution": "loguniform", "low": 1e-4, "high": 0.2}
+        raw["warm_start"]["optim.lr"] = 0.1
+    raw |= {"num_samples": samples, "max_concurrent": 1}  # sequential: ASHA's cuts are repeatable
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -38,49 +39,61 @@ def _complete_trials(out):
     return [t for t in study.trials if t.state.name == "COMPLETE"]
 
 
-@pytest.mark.timeout(600)
-def test_search_stops_resumes_and_exports_a_trainable_best(tmp_path):
+def _search(tmp_path, space, out):
+    return subprocess.run([sys.executable, "-m", "adr_scale.tune", "--space", str(space),
+                           "--out", str(out)], capture_output=True, text=True, timeout=400)
+
+
+@pytest.mark.timeout(450)
+def test_asha_stops_weak_trials_and_best_yaml_trains(tmp_path):
     out = tmp_path / "search"
-    cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(_space(tmp_path)), "--out",
-           str(out)]
+    done = _search(tmp_path, _space(tmp_path, epochs=2, samples=3, lr=True), out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    epochs: dict[str, int] = {}
+    for r in table:
+        epochs[r["trial_id"]] = max(epochs.get(r["trial_id"], 0), r["epoch"])
+    assert len(epochs) == 3
+    stopped = [t for t, e in epochs.items() if e < 2]
+    assert stopped, f"ASHA stopped nothing: {epochs}"
+    assert all(r["status"] == ("stopped early" if r["trial_id"] in stopped else "completed")
+               for r in table)
+    best = load_yaml(out / "best.yaml")
+    assert best.train.epochs == 15  # full length, not the 2-epoch search fidelity
+    finals = [r for r in table if r["epoch"] == epochs[r["trial_id"]] == 2]
+    best_row = max(finals, key=lambda r: (r["val_robust_acc"], r["val_clean_acc"]))
+    assert best.adr.tau_start == pytest.approx(best_row["adr.tau_start"])
+    assert best.optim.lr == pytest.approx(best_row["optim.lr"])
+    assert "stopped early by ASHA" in (out / "report.md").read_text()
+    assert (out / "optimization_history.png").exists()
+    rc = train_main(["--from-search", str(out), "--workers", "0", "--no-progress", "--set",
+                     "train.max_steps=3", "--set", "train.device=cpu", "--out",
+                     str(tmp_path / "long")])
+    assert rc == 0 and (tmp_path / "long" / "final.pt").exists()
+
+
+@pytest.mark.timeout(450)
+def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
+    out = tmp_path / "search"
+    space = _space(tmp_path, epochs=1, samples=2)
+    cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(space), "--out", str(out)]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not _complete_trials(out):
-        time.sleep(1)
+        time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
     first.wait()
     finished_before = {t.number: (t.params, t.values) for t in _complete_trials(out)}
     assert finished_before, "no trial finished before the kill"
-
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming the search" in done.stdout + done.stderr
     after = {t.number: (t.params, t.values) for t in _complete_trials(out)}
     for number, record in finished_before.items():
         assert after[number] == record  # a finished trial is kept, not rerun
-    table = pq.read_table(out / "results.parquet").to_pylist()
-    trials = {r["trial_id"] for r in table}
-    assert len(trials) == 3
-    epochs = {t: max(r["epoch"] for r in table if r["trial_id"] == t) for t in trials}
-    stopped = [t for t, e in epochs.items() if e < 3]
-    assert stopped, f"ASHA stopped nothing: {epochs}"
-    assert sum(epochs.values()) < 3 * 3
-    assert all(r["status"] == ("stopped early" if r["trial_id"] in stopped else "completed")
-               for r in table)
-
-    best = load_yaml(out / "best.yaml")
-    assert best.train.epochs == 15  # full length, not the 3-epoch search fidelity
-    best_row = max(table, key=lambda r: (r["epoch"] == epochs[r["trial_id"]], r["val_robust_acc"]))
-    assert best.adr.tau_start == pytest.approx(best_row["adr.tau_start"])
-    assert best.optim.lr == pytest.approx(best_row["optim.lr"])
-    report = (out / "report.md").read_text()
-    assert "stopped early by ASHA" in report and (out / "optimization_history.png").exists()
-    rc = train_main(["--from-search", str(out), "--workers", "0", "--no-progress", "--set",
-                     "train.max_steps=3", "--set", "train.device=cpu", "--out",
-                     str(tmp_path / "long")])
-    assert rc == 0
-    assert (tmp_path / "long" / "final.pt").exists()
+    assert len(after) == 2
+    assert len({r["trial_id"] for r in pq.read_table(out / "results.parquet").to_pylist()}) == 2
 
 
 @pytest.mark.timeout(420)

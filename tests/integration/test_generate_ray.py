@@ -53,11 +53,14 @@ def test_ctrl_c_then_resume_through_ray_matches_in_process_run(assets, tmp_path)
 
     out = tmp_path / "ray"
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    # A shell's background jobs inherit SIGINT as ignored (and Python then installs no
+    # KeyboardInterrupt handler): give the driver the default disposition, as a terminal would.
     driver = subprocess.Popen([sys.executable, "-m", "data_pipeline.generate_ddpm",
                                *_argv(assets, out)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 400
-    while not (out / "shard-000000.tar").exists() and driver.poll() is None:
+    while not list(out.glob("shard-*.tar")) and driver.poll() is None:
         assert time.monotonic() < deadline, "no shard appeared"
         time.sleep(0.05)
     driver.send_signal(signal.SIGINT)  # Ctrl-C while the other shards are being sampled

@@ -25,14 +25,7 @@ from data_pipeline.smoke import tiny_labeler, tiny_unet
 N, SHARD, STEPS = 50, 20, 2  # 3 shards: 20, 20, 10 images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: OpenMP threads that spin-wait for each other make
-    these small convolutions ~10x slower, so the module runs single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

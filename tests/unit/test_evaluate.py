@@ -20,14 +20,7 @@ EPS = 16 / 255  # the smoke preset's training radius (digits are 8x8: 8/255 bare
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches on 2 shared cores: intra-op threads only add contention (AutoAttack is ~10x
-    slower with 2 threads on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -35,10 +35,9 @@ import webdataset as wds
 from PIL import Image
 
 from adr_scale.config import ConfigError
+from adr_scale.shard_format import MANIFEST, META_KEY, PNG_FILTER_UP, PNG_SIGNATURE  # noqa: F401
 
 FORMAT = 1
-MANIFEST = "manifest.parquet"
-META_KEY = b"adr_scale"
 TAR_MTIME = 0  # fixed member mtime: regenerated shards are byte-identical
 
 ROW_SCHEMA = pa.schema([
@@ -66,8 +65,6 @@ def sample_key(index: int) -> str:
     return f"{index:012d}"
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_FILTER_UP = 2  # every row stores its difference to the row above (PNG spec, filter type 2)
 # zlib level of the PNG data. 0 ("stored") makes the reader's inflate a copy: reading + decoding
 # runs at ~36k images/s per core instead of ~16k with level 6, for ~11 % more bytes per sample in
 # the tars (32x32x3; docs/data.md). The tar format already spends ~1.5 kB of headers per sample.
@@ -83,7 +80,7 @@ def encode_png(image: np.ndarray) -> bytes:
     """uint8 (H, W, C) with C in {1, 3} -> a standard 8-bit PNG (lossless).
 
     Every row uses filter type 2 ("Up"), so a reader can undo the filter for a whole batch with
-    one cumulative sum over rows (adr_scale.data.synthetic does); any PNG decoder reads it.
+    one cumulative sum over rows (adr_scale.shard_format.unfilter does); any PNG decoder reads it.
     Written here rather than by Pillow, whose encoder picks filters per row and always deflates.
     """
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (1, 3), image.shape

@@ -1,6 +1,7 @@
 """Training on real + synthetic shards: exact fractions per rank, CIFAR-equivalent epochs, counts."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,9 @@ def shards(tmp_path_factory):
 
 
 def _cfg(shards, *extra):
+    cache = Path(shards).parent / "cache"  # not the shared default under the system temp dir
     return apply_overrides(get_preset("smoke"), ["train.device=cpu", f"data.synthetic={shards}",
+                                                 f"data.synthetic_cache={cache}",
                                                  "data.synthetic_fraction=0.75", *extra])
 
 
@@ -57,7 +60,10 @@ def test_mixed_fit_counts_samples_and_resumes(shards, tmp_path):
     assert summary["steps"] == 38
     for row in rows:
         assert (row["samples_real"], row["samples_synthetic"]) == (19 * 16, 19 * 48)
-        assert row["synthetic_bad_shards"] == 0
+        assert row["synthetic_bad_shards"] == 0 and row["synthetic_images"] == 400
+    # distinct images after 912 and 1824 uniform draws from 400: 1 - exp(-draws / 400) expected
+    seen = [row["synthetic_distinct_seen"] for row in rows]
+    assert 0.85 * 400 < seen[0] < seen[1] <= 400
     fit(cfg, tmp_path / "cut", until_epoch=1, progress=False)
     fit(cfg, tmp_path / "cut", progress=False)
     again = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]

@@ -1,8 +1,14 @@
-"""The synthetic shard reader (real tar files through webdataset) and exact batch mixing."""
+"""The decoded synthetic cache (real WebDataset tars, real processes), uniform draws, exact mixing."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +18,14 @@ from adr_scale.config import ConfigError
 from adr_scale.data import ArrayDataset, train_batches
 from adr_scale.data.synthetic import (
     SyntheticDataError,
-    SyntheticStream,
+    SyntheticLoader,
+    SyntheticSet,
     concat_batches,
     mixed_batch_sizes,
 )
 from data_pipeline.shard_npz import shard_npz
 
-N, SHARD = 120, 30  # 4 shards
+N, SHARD = 2000, 500  # 4 shards
 
 
 @pytest.fixture(scope="module")
@@ -34,86 +41,163 @@ def shards(tmp_path_factory):
     return root / "shards", image
 
 
+@pytest.fixture(scope="module")
+def synth(shards, tmp_path_factory):
+    return SyntheticSet(shards[0], tmp_path_factory.mktemp("cache"), workers=1, progress=False)
+
+
 def _index(images: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B,)
     return images[:, 0, 0, 0].long() + 256 * images[:, 1, 0, 0].long()
 
 
-def _epoch(directory, epoch=0, n=5, batch=16, **kw) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    kw.setdefault("shuffle_buffer", 64)
-    return list(SyntheticStream(directory, batch, **kw).epoch(epoch, n))
+def test_cache_holds_every_image_with_its_label(shards, synth):
+    _, image = shards
+    assert (len(synth), synth.num_classes, synth.image_shape) == (N, 10, (3, 8, 8))
+    np.testing.assert_array_equal(synth.array(), image.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(synth.label_array(), np.arange(N) % 10)
+    assert synth.bad_shards == {} and synth.built
 
 
-def test_stream_decodes_images_with_their_labels(shards):
-    directory, image = shards
-    stream = SyntheticStream(directory, 16, shuffle_buffer=64)
-    assert (stream.num_images, stream.num_classes, stream.image_shape) == (N, 10, (3, 8, 8))
-    batches = list(stream.epoch(0, 7))
-    assert len(batches) == 7
-    for x, y in batches:
-        assert x.shape == (16, 3, 8, 8) and x.dtype == torch.uint8 and y.dtype == torch.int64
-        idx = _index(x)
-        assert torch.equal(y, idx % 10)
-        for j, i in enumerate(idx.tolist()):  # every pixel, back in (C, H, W)
-            assert torch.equal(x[j], torch.from_numpy(image[i]).permute(2, 0, 1))
-    seen = torch.cat([_index(x) for x, _ in batches])
-    assert len(set(seen.tolist())) > 60  # drawn from many shards, not one
-
-
-def test_same_seed_epoch_rank_same_batches_else_different(shards):
-    directory = shards[0]
-    a, b = _epoch(directory, seed=3), _epoch(directory, seed=3)
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b, strict=True))
-    for other in (_epoch(directory, seed=4), _epoch(directory, epoch=1, seed=3),
-                  _epoch(directory, seed=3, rank=1)):
-        assert not torch.equal(torch.cat([x for x, _ in a]), torch.cat([x for x, _ in other]))
-
-
-def test_every_rank_yields_exactly_n_batches(shards):
-    # 2 ranks x 9 batches x 16 = 288 samples from 120 images: resampling, never runs dry
-    for rank in (0, 1):
-        assert len(_epoch(shards[0], n=9, rank=rank)) == 9
-
-
-def test_loader_workers_are_deterministic(shards):
-    a = _epoch(shards[0], n=6, num_workers=2)
-    b = _epoch(shards[0], n=6, num_workers=2)
-    assert len(a) == 6 and all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b, strict=True))
-    assert all(torch.equal(y, _index(x) % 10) for x, y in a)
-
-
-def test_bad_shard_raises_naming_it_or_is_skipped_and_counted(shards, tmp_path):
-    import shutil
-
-    shutil.copytree(shards[0], tmp_path, dirs_exist_ok=True)
-    bad = tmp_path / "shard-000002.tar"
-    bad.write_bytes(bad.read_bytes()[:700] + b"garbage!" * 300)  # a sample, then junk
-    with pytest.raises(SyntheticDataError, match="shard-000002.tar"):
-        _epoch(tmp_path, n=20)
-    stream = SyntheticStream(tmp_path, 16, skip_bad=True, shuffle_buffer=64)
-    batches = list(stream.epoch(0, 20))
-    assert len(batches) == 20 and list(stream.bad_shards) == ["shard-000002.tar"]
-    assert all(torch.equal(y, _index(x) % 10) for x, y in batches)
+def test_both_parsers_and_worker_processes_build_the_same_bytes(shards, synth, tmp_path):
+    """webdataset's reader in 2 spawned processes and our parser in-process: identical caches."""
+    other = SyntheticSet(shards[0], tmp_path, tar_reader="fast", workers=1, progress=False)
+    parallel = SyntheticSet(shards[0], tmp_path / "p", tar_reader="webdataset", workers=2,
+                            progress=False)
+    for name in ("images.u8", "labels.i64"):
+        ref = (synth.cache_path / name).read_bytes()
+        assert (other.cache_path / name).read_bytes() == ref
+        assert (parallel.cache_path / name).read_bytes() == ref
+    assert json.loads((parallel.cache_path / "meta.json").read_text())["tar_reader"] == "webdataset"
 
 
 def test_webdataset_reads_the_same_samples_as_our_parser(shards):
-    """The shards are plain WebDataset tars: webdataset's own reader agrees with ours."""
+    """The shards are plain WebDataset tars: wds.WebDataset, and both of our readers, agree."""
     import webdataset as wds
 
-    from adr_scale.data.synthetic import _tar_samples, _webdataset_samples
+    from adr_scale.shard_format import shard_file_samples
 
     urls = sorted(str(p) for p in shards[0].glob("shard-*.tar"))
     theirs = [(s["__key__"], s["png"], s["cls"]) for s in wds.WebDataset(urls, shardshuffle=False)]
-    ours = [(s["__key__"], s["png"], s["cls"]) for u in urls for s in _tar_samples(u)]
-    default = [(s["__key__"], s["png"], s["cls"]) for u in urls for s in _webdataset_samples(u)]
-    assert len(ours) == N and theirs == ours == default
+    ours = [(s["__key__"], s["png"], s["cls"]) for u in urls for s in shard_file_samples(u, "fast")]
+    lib = [(s["__key__"], s["png"], s["cls"]) for u in urls
+           for s in shard_file_samples(u, "webdataset")]
+    assert len(ours) == N and theirs == ours == lib
 
 
-def test_both_tar_readers_give_the_same_batches(shards):
-    from adr_scale.data.synthetic import SyntheticStream
+def test_every_image_is_drawn_and_draws_are_uniform(synth):
+    """8 ranks x 100 steps x 50 images = 40,000 draws, 20 per image on average."""
+    from scipy.stats import chi2
 
-    a = list(SyntheticStream(shards[0], 16, seed=3, tar_reader="webdataset").epoch(0, 5))
-    b = list(SyntheticStream(shards[0], 16, seed=3, tar_reader="fast").epoch(0, 5))
-    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+    counts = np.zeros(N, np.int64)
+    for step, rank in itertools.product(range(100), range(8)):
+        images, labels = synth.batch(step, 50, seed=0, rank=rank)
+        idx = _index(images)
+        assert torch.equal(labels, idx % 10)  # images stay with their labels
+        counts += np.bincount(idx.numpy(), minlength=N)
+    assert counts.sum() == 40_000 and counts.min() > 0  # every image drawn at least once
+    expected = counts.sum() / N
+    statistic = ((counts - expected) ** 2 / expected).sum()
+    # Pearson's chi-square, N - 1 degrees of freedom: reject uniformity at p < 0.001 (fixed seed)
+    assert chi2.sf(statistic, N - 1) > 1e-3, statistic
+
+
+def test_a_batch_depends_only_on_seed_step_rank(shards, synth):
+    a = synth.batch(7, 32, seed=3, rank=1)
+    again = SyntheticSet(shards[0], synth.root, progress=False).batch(7, 32, seed=3, rank=1)
+    assert not SyntheticSet(shards[0], synth.root, progress=False).built  # a restart maps it
+    assert torch.equal(a[0], again[0]) and torch.equal(a[1], again[1])
+    for other in ((8, 3, 1), (7, 4, 1), (7, 3, 0)):
+        step, seed, rank = other
+        assert not torch.equal(synth.batch(step, 32, seed=seed, rank=rank)[0], a[0]), other
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_loader_yields_the_batches_and_counts_distinct_images_across_a_resume(synth, resident):
+    loader = SyntheticLoader(synth, 40, seed=5, rank=2, resident=resident)
+    got = list(loader.steps(0, 3)) + list(loader.steps(3, 3))  # two "epochs"
+    for step, (images, labels) in enumerate(got):
+        ref = synth.batch(step, 40, seed=5, rank=2)
+        assert torch.equal(images, ref[0]) and torch.equal(labels, ref[1])
+    drawn = torch.cat([_index(x) for x, _ in got])
+    assert loader.distinct_seen == len(set(drawn.tolist())) > 200
+    resumed = SyntheticLoader(synth, 40, seed=5, rank=2, resident=resident)
+    list(itertools.islice(resumed.steps(4, 2), 2))  # a run resumed at step 4 replays steps 0-3
+    assert resumed.distinct_seen == loader.distinct_seen
+
+
+def test_cache_is_built_once_for_two_concurrent_processes(shards, tmp_path):
+    """Both processes queue on the lock (held here first); one builds, the other maps its result."""
+    import hashlib
+
+    from adr_scale.data.synthetic import _lock
+
+    code = ("import hashlib; from adr_scale.data.synthetic import SyntheticSet; "
+            f"s = SyntheticSet({str(shards[0])!r}, {str(tmp_path / 'cache')!r}, workers=1, progress=False); "
+            "print(s.built, hashlib.sha256(s.batch(3, 64, seed=0, rank=0)[0].numpy()).hexdigest())")
+    digest = hashlib.sha256((shards[0] / "manifest.parquet").read_bytes()).hexdigest()
+    (tmp_path / "cache").mkdir()
+    errs = [tmp_path / f"err{i}" for i in range(2)]
+    with _lock(tmp_path / "cache" / f"{digest}.lock"):
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                  stderr=open(err, "w")) for err in errs]
+        deadline = time.monotonic() + 120
+        while not all("waiting for" in e.read_text() for e in errs):  # both queue behind us
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.1)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e.read_text() for e in errs]
+    assert sorted(out.split()[0] for out in outs) == ["False", "True"], outs
+    assert outs[0].split()[1] == outs[1].split()[1]  # the same batch from the one cache
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
+
+
+def test_cache_is_rebuilt_after_the_manifest_changes(shards, synth, tmp_path):
+    from data_pipeline.shards import read_manifest, write_manifest
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards[0], copy)
+    manifest = read_manifest(copy)
+    del manifest.rows["shard-000003.tar"]  # the set now holds 3 shards
+    write_manifest(copy, manifest)
+    smaller = SyntheticSet(copy, synth.root, workers=1, progress=False)
+    assert smaller.built and smaller.cache_path != synth.cache_path and len(smaller) == 1500
+    np.testing.assert_array_equal(smaller.array(), synth.array()[:1500])
+
+
+def test_a_truncated_cache_is_named_in_one_line_and_rebuilt(shards, tmp_path, capsys):
+    first = SyntheticSet(shards[0], tmp_path, workers=1, progress=False)
+    reference = first.array().copy()
+    del first
+    images = next(tmp_path.glob("*/images.u8"))
+    with open(images, "rb+") as f:
+        f.truncate(1000)
+    again = SyntheticSet(shards[0], tmp_path, workers=1, progress=False)
+    lines = [x for x in capsys.readouterr().err.splitlines() if "synthetic cache" in x]
+    assert len(lines) == 1 and "images.u8 holds 1000 bytes" in lines[0] and "rebuilding" in lines[0]
+    assert again.built
+    np.testing.assert_array_equal(again.array(), reference)
+
+
+def test_a_flipped_byte_stops_the_build_naming_the_shard_or_is_left_out(shards, tmp_path):
+    copy = tmp_path / "shards"
+    shutil.copytree(shards[0], copy)
+    bad = copy / "shard-000002.tar"
+    data = bytearray(bad.read_bytes())
+    data[5000] ^= 0x01  # one bit inside a PNG
+    bad.write_bytes(bytes(data))
+    cache = tmp_path / "cache"
+    with pytest.raises(SyntheticDataError, match=r"shard-000002.tar: sha256 is .*the manifest says") as exc:
+        SyntheticSet(copy, cache, workers=1, progress=False)
+    assert "\n" not in str(exc.value)
+    assert [p.name for p in cache.iterdir()] == [f"{p.stem}.lock" for p in cache.glob("*.lock")]
+    (copy / "shard-000001.tar").write_bytes(b"x" * 300)  # truncated inside its first member
+    skipped = SyntheticSet(copy, cache, skip_bad=True, workers=1, progress=False)
+    assert sorted(skipped.bad_shards) == ["shard-000001.tar", "shard-000002.tar"]
+    assert len(skipped) == 1000
+    kept = _index(torch.from_numpy(skipped.array().copy()))
+    assert kept.tolist() == list(range(500)) + list(range(1500, 2000))
+    with pytest.raises(SyntheticDataError, match="shard-000001.tar"):  # not silently reused
+        SyntheticSet(copy, cache, skip_bad=False, workers=1, progress=False)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -122,7 +206,7 @@ def test_png_decoder_fast_path_and_libpng_fallback_agree(channels):
 
     from PIL import Image
 
-    from adr_scale.data.synthetic import _decode_png, _unfilter
+    from adr_scale.shard_format import decode_png, unfilter
     from data_pipeline.shards import encode_png
 
     rng = np.random.default_rng(channels)
@@ -130,18 +214,23 @@ def test_png_decoder_fast_path_and_libpng_fallback_agree(channels):
     image[:4] //= 8  # some smooth rows, some noisy ones
     buf = io.BytesIO()  # Pillow picks filters per row (Sub, Paeth, ...): the general decoder
     Image.fromarray(image[:, :, 0] if channels == 1 else image).save(buf, format="PNG")
-    decoded = [_decode_png(data) for data in (encode_png(image), buf.getvalue())]
+    decoded = [decode_png(data) for data in (encode_png(image), buf.getvalue())]
     assert [type(p) for _, p in decoded] == [bytes, np.ndarray]  # ours wait for the batch
-    batch = _unfilter([p for _, p in decoded], (channels, 9, 7))
+    batch = unfilter([p for _, p in decoded], (channels, 9, 7))
     for got in batch:
         np.testing.assert_array_equal(got, image.transpose(2, 0, 1))
     with pytest.raises(Exception, match="(?i)error|invalid|incorrect"):
-        _decode_png(encode_png(image)[:-20] + bytes(20))
+        decode_png(encode_png(image)[:-20] + bytes(20))
 
 
-def test_missing_manifest_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="data.synthetic"):
-        SyntheticStream(tmp_path, 8)
+def test_missing_or_corrupt_manifest_is_a_config_error(shards, tmp_path):
+    with pytest.raises(ConfigError, match="data.synthetic: .* holds no manifest.parquet"):
+        SyntheticSet(tmp_path, tmp_path / "cache")
+    shutil.copytree(shards[0], tmp_path / "s")
+    (tmp_path / "s" / "manifest.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ConfigError, match="is not a readable manifest") as exc:
+        SyntheticSet(tmp_path / "s", tmp_path / "cache")
+    assert "\n" not in str(exc.value) and not (tmp_path / "cache").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +253,8 @@ def test_mixed_batch_sizes_refuses_uneven_splits():
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_every_step_on_every_rank_holds_the_exact_fraction(shards, world):
-    """Real batches from the engine's loader, synthetic from the stream, per rank."""
+def test_every_step_on_every_rank_holds_the_exact_fraction(synth, world):
+    """Real batches from the engine's loader, synthetic from the cache, per rank."""
     global_batch, fraction = 32, 0.75
     real_b, synth_b = mixed_batch_sizes(global_batch, fraction, world)
     real = ArrayDataset(torch.full((100, 3, 8, 8), 255, dtype=torch.uint8),
@@ -173,10 +262,10 @@ def test_every_step_on_every_rank_holds_the_exact_fraction(shards, world):
     steps = 3
     per_step = [[] for _ in range(steps)]
     for rank in range(world):
-        stream = SyntheticStream(shards[0], synth_b, seed=0, rank=rank, shuffle_buffer=64)
+        loader = SyntheticLoader(synth, synth_b, seed=0, rank=rank)
         reals = itertools.islice(train_batches(real, real_b * world, 0, 0, torch.device("cpu"),
                                                rank=rank, world_size=world), steps)
-        for step, (r, s) in enumerate(zip(reals, stream.epoch(0, steps), strict=True)):
+        for step, (r, s) in enumerate(zip(reals, loader.steps(0, steps), strict=True)):
             x, y = concat_batches(r, s)
             assert x.shape == (real_b + synth_b, 3, 8, 8) and y.shape == (real_b + synth_b,)
             per_step[step].append(int((x[:, 2] != 255).flatten(1).any(1).sum()))  # synthetic

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from adr_scale.adr import EMATeacher, _unwrap, rectify_labels
 from adr_scale.attacks import pgd_linf, soft_cross_entropy
 from adr_scale.awp import AdversarialWeightPerturbation, perturbed
-from adr_scale.config import RunConfig, from_dict, to_dict, validate
+from adr_scale.config import ConfigError, RunConfig, from_dict, to_dict, validate
 from adr_scale.data import (
     ArrayDataset,
     DatasetInfo,
@@ -48,6 +49,7 @@ from adr_scale.losses import trades_loss
 from adr_scale.models import create_model
 from adr_scale.report import write_run_outputs
 from adr_scale.rundir import RunDir
+from adr_scale.runguard import RunLock, TrainingDiverged
 from adr_scale.schedules import adr_schedule, learning_rate
 
 CHECKPOINT_FORMAT = 1
@@ -271,6 +273,47 @@ def _epoch_batches(state: TrainState, train: ArrayDataset, synthetic, rank: int,
         yield concat_batches(real_batch, synth_batch)
 
 
+def check_finite(state: TrainState, losses: list[torch.Tensor], first: int) -> None:
+    """Stop at a non-finite loss among losses[first:] (this epoch's, on the device).
+
+    One host sync per call, so the loop calls it every train.log_every steps and at the epoch
+    end rather than per step. The flag is summed over the ranks: every rank stops at the same
+    check instead of the others hanging in the next gradient all-reduce.
+    """
+    window = losses[max(first, 0):]
+    if not window:
+        return
+    bad = ~torch.isfinite(torch.stack(window).float())  # (n,)
+    if all_sum(bad.any().to(torch.int64)).item() == 0:
+        return
+    at = max(first, 0) + (int(bad.nonzero()[0]) if bad.any() else 0)  # first bad loss here
+    step = state.step - len(losses) + at  # 0-based index of the optimizer step that made it
+    lr = learning_rate(state.cfg.optim.schedule, state.cfg.optim.lr, step, state.total_steps,
+                       round(state.cfg.optim.warmup_epochs * state.steps_per_epoch))
+    loss = losses[at].item() if bad.any() else "non-finite on another rank"
+    raise TrainingDiverged(
+        f"training diverged at step {step + 1} (epoch {state.epoch + 1}): loss {loss}, "
+        f"lr {lr:.4g}; nothing non-finite was saved; lower optim.lr (or raise "
+        "optim.warmup_epochs) and rerun")
+
+
+def nonfinite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of a state dict holding a NaN or an infinity."""
+    return [name for name, t in weights.items()
+            if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
+def check_weights_finite(state: TrainState) -> None:
+    """A last update can turn the weights non-finite after a finite loss: never save those."""
+    for label, module in (("student", _unwrap(state.model)), ("EMA", state.ema.module)):
+        bad = nonfinite_tensors(module.state_dict())
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged by step {state.step} (epoch {state.epoch + 1}): the {label} "
+                f"weights {bad[0]!r} are non-finite; nothing non-finite was saved; lower "
+                "optim.lr and rerun")
+
+
 def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
                 rank: int = 0, world_size: int = 1, synthetic=None) -> dict[str, float]:
     """Run the steps of epoch `state.epoch` (up to total_steps); return its training metrics."""
@@ -283,10 +326,13 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
         losses.append(train_step(state, images, labels))
         if state.after_step is not None:
             state.after_step(state)
+        if state.step % cfg.train.log_every == 0:  # the only host sync inside the epoch
+            check_finite(state, losses, len(losses) - cfg.train.log_every)
+            if bar is not None:
+                bar.set_postfix(loss=f"{losses[-1].item():.4f}", lr=f"{schedule_values(state)[0]:.4g}")
         if bar is not None:
             bar.update(1)
-            if state.step % cfg.train.log_every == 0:  # the only host sync inside the epoch
-                bar.set_postfix(loss=f"{losses[-1].item():.4f}", lr=f"{schedule_values(state)[0]:.4g}")
+    check_finite(state, losses, len(losses) - state.step % cfg.train.log_every)
     lr, tau, lam = schedule_values(state)
     loss = torch.stack(losses).mean().item() if losses else float("nan")  # syncs the device
     seconds = time.perf_counter() - start
@@ -390,6 +436,7 @@ def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epo
     while state.epoch < stop:
         start = time.perf_counter()
         row = {"epoch": state.epoch + 1, **train_epoch(state, train, bar, rank, world, synthetic)}
+        check_weights_finite(state)  # before validation, best.pt and final.pt
         row |= validate_models(state, val)
         row |= {"step": state.step, "seconds": round(time.perf_counter() - start, 3)}
         state.epoch += 1
@@ -411,18 +458,45 @@ def fit(cfg: RunConfig, out: str | Path, *, until_epoch: int | None = None,
     """Train `cfg` in this process into run directory `out`, resuming from its latest checkpoint.
 
     until_epoch stops after that many epochs (a later call continues). Returns summary.json's dict
-    (empty when stopped before the end).
+    (empty when stopped before the end). A second run on the same `out` is refused (RunLock).
     """
     validate(cfg)
+    with RunLock(out):
+        return _fit(cfg, RunDir(out), until_epoch, progress, splits)
+
+
+def newest_readable_checkpoint(run: RunDir) -> tuple[Path, dict[str, Any]] | None:
+    """The newest epoch checkpoint that loads; a torn newer one (a full disk, a copy cut short) is
+    named on stderr and skipped, so the run resumes one epoch earlier instead of stopping."""
+    found = run.checkpoints_newest_first()
+    for path in found:
+        try:
+            return path, load_checkpoint(path)
+        except Exception as exc:  # torch.load raises RuntimeError, EOFError, OSError, pickle errors
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+            print(f"warning: checkpoint {path} is unreadable ({why}); trying the one before it",
+                  file=sys.stderr)
+    if found:
+        raise ConfigError(f"--out: none of the {len(found)} checkpoints in {str(run.checkpoints)!r} "
+                          "is readable; use another --out (or delete them to start over)")
+    return None
+
+
+def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
+         splits: Splits | None) -> dict[str, Any]:
+    out = run.path
     splits = splits or load_splits(cfg.data)  # bad roots fail here, before anything is written
     synthetic = open_synthetic(cfg, splits.info)
     device = resolve_device(cfg.train.device)
-    run = RunDir(out)
-    run.prepare(cfg)
+    latest = newest_readable_checkpoint(run)
+    if latest is not None:  # the checkpoint's own config is the one that counts (config.yaml
+        run.check_config(latest[1]["config"], cfg, latest[0].name)  # may be gone or replaced)
+    run.prepare(cfg, {"executor": "process"})
     state = build_state(cfg, splits.info, len(splits.train), device)
-    latest = run.latest_checkpoint()
     if latest is not None:
-        load_state(state, load_checkpoint(latest))
+        load_state(state, latest[1])
+        if latest[0] != run.latest_checkpoint():
+            print(f"resuming from {latest[0]} (epoch {state.epoch})", file=sys.stderr)
     train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
     bar = tqdm(total=state.total_steps, initial=state.step, desc=f"train {Path(out).name}",
                unit="step", disable=not progress, dynamic_ncols=True)
@@ -443,9 +517,11 @@ def fit(cfg: RunConfig, out: str | Path, *, until_epoch: int | None = None,
             last_plot[0] = time.monotonic()
         bar.write(epoch_line(state, row))
 
-    run_epochs(state, train, splits.val, on_epoch_end, until_epoch=until_epoch, bar=bar,
-               synthetic=synthetic)
-    bar.close()
+    try:
+        run_epochs(state, train, splits.val, on_epoch_end, until_epoch=until_epoch, bar=bar,
+                   synthetic=synthetic)
+    finally:  # a diverged run's error line is then the last line, not under a live bar
+        bar.close()
     if state.epoch < state.num_epochs or not state.history:
         return {}
     return json.loads((run.path / "summary.json").read_text())

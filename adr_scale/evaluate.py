@@ -45,7 +45,7 @@ from adr_scale.data import (
     load_splits,
     to_float,
 )
-from adr_scale.engine import build_model, config_of, resolve_device
+from adr_scale.engine import build_model, config_of, nonfinite_tensors, resolve_device
 from adr_scale.models import create_model
 from adr_scale.rundir import atomic_write_text
 
@@ -195,6 +195,10 @@ def load_model(path: str | Path, which: str | None = None, device: str | torch.d
     info = DATASET_INFO[cfg.data.dataset]
     model = build_model(cfg, info)
     _check_weights(model, ckpt[key], path, which, cfg.model.arch)
+    bad = nonfinite_tensors(ckpt[key])
+    if bad:  # a diverged net predicts one class: its accuracy would look like a result
+        raise ConfigError(f"{flag}: {str(path)!r} holds non-finite {which} weights ({len(bad)} "
+                          f"tensors with NaN or inf, e.g. {bad[0]!r}); the run diverged")
     model.load_state_dict(ckpt[key])
     model.eval().requires_grad_(False)  # attacks need input gradients only
     return LoadedModel(module=model.to(device), cfg=cfg, info=info, path=path, which=which,
@@ -792,6 +796,8 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None, opts: EvalOptions)
                               "(evaluate a single checkpoint with --checkpoint)")
     out = Path(out) if out is not None else run / "eval"
     first = load_model(run / "best.pt", opts.model, "cpu", flag="--run")
+    # A bad final.pt must fail before anything is written under eval/.
+    load_model(run / "final.pt", first.which, "cpu", flag="--run")
     test = load_test_set(first.cfg, opts.data_root, opts.n_examples)
     opts = replace(opts, model=first.which)  # both checkpoints report the same network
     best = evaluate_checkpoint(run / "best.pt", out / "best", opts, test)

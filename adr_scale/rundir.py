@@ -18,6 +18,7 @@ from adr_scale.config import ConfigError, RunConfig, dump_yaml, to_dict
 
 # Settings that change how a run is executed, not what it computes: a resume may change them.
 OPERATIONAL_KEYS = {("train", "device"), ("train", "log_every"), ("train", "keep_checkpoints")}
+EXECUTOR_FILE = "executor.json"  # where this run's checkpoints live (see RunDir.prepare)
 _EPOCH_FILE = re.compile(r"epoch-(\d+)\.pt$")
 
 
@@ -51,24 +52,95 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.metrics_file = self.path / "metrics.jsonl"
 
-    def prepare(self, cfg: RunConfig) -> None:
-        """Create the directory, or check that an existing run was made with the same config."""
-        config_file = self.path / "config.yaml"
-        if config_file.exists():
-            import yaml
+    def prepare(self, cfg: RunConfig, executor: dict[str, Any]) -> None:
+        """Create the directory, or check that an existing run was made with the same config and
+        resumes from the same place. `executor` says where the checkpoints live:
+        {"executor": "process"} (OUT/checkpoints/) or {"executor": "ray", "storage", "name"}.
 
-            old = yaml.safe_load(config_file.read_text()) or {}
-            changed = config_differences(old, to_dict(cfg))
-            if changed:
-                raise ConfigError(f"--out: {str(self.path)!r} holds a run with another config "
-                                  f"(differs in {', '.join(changed)}); use another --out "
-                                  "or delete that directory")
+        A directory without a finished epoch (a start that failed) is not a run yet: its
+        config.yaml is replaced, so the corrected rerun is not refused.
+        """
+        config_file = self.path / "config.yaml"
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--out: {str(self.path)!r} is a file; allowed: a directory "
+                              "(new or a run directory)")
+        if self.has_progress():
+            self.check_executor(executor)
+            if config_file.exists():
+                self.check_config(self._read_config(config_file), cfg, "config.yaml")
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_file, dump_yaml(cfg))
+        atomic_write_text(self.path / EXECUTOR_FILE, json.dumps(executor) + "\n")
+
+    def _read_config(self, config_file: Path) -> dict[str, Any]:
+        import yaml
+
+        try:
+            old = yaml.safe_load(config_file.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise ConfigError(f"--out: {str(config_file)!r} is not a config written by adr_scale "
+                              "(unreadable YAML); restore it from a checkpoint or use another --out")
+        return old
+
+    def check_config(self, old: dict[str, Any], cfg: RunConfig, where: str) -> None:
+        changed = config_differences(old, to_dict(cfg))
+        if changed:
+            raise ConfigError(f"--out: {str(self.path)!r} holds a run with another config "
+                              f"(differs in {', '.join(changed)}) according to its {where}; use "
+                              "another --out or delete that directory")
+
+    def has_progress(self) -> bool:
+        """Whether an epoch finished here (its row, checkpoint, best.pt or final.pt exists)."""
+        return (bool(self._epoch_checkpoints()) or (self.path / "best.pt").exists()
+                or (self.path / "final.pt").exists() or bool(self.read_metrics_safe()))
+
+    def read_metrics_safe(self) -> list[dict[str, Any]]:
+        try:
+            return self.read_metrics()
+        except (OSError, ValueError):
+            return [{}]  # a torn metrics file still means rows were written
+
+    def check_executor(self, executor: dict[str, Any]) -> None:
+        """One resume source per run: the in-process and the Ray path keep their checkpoints in
+        different places, so switching would retrain from scratch over best.pt and final.pt."""
+        before = self._recorded_executor()
+        if before is None or before == executor:
+            return
+        if before["executor"] != executor["executor"]:
+            how = {"process": "in this process (--workers 0)", "ray": "on Ray (--workers >= 1)"}
+            raise ConfigError(
+                f"--workers: {str(self.path)!r} was trained {how[before['executor']]} and resumes "
+                f"only that way (its checkpoints are not where {how[executor['executor']]} looks); "
+                "rerun with the same --workers kind or use another --out")
+        for key in ("storage", "name"):
+            if key in before and before[key] != executor.get(key):
+                flag = "--storage-path" if key == "storage" else "--name"
+                raise ConfigError(f"{flag}: {str(self.path)!r} keeps its Ray checkpoints under "
+                                  f"{key} {before.get(key)!r}, not {executor.get(key)!r}; rerun "
+                                  f"with {flag} as before or use another --out")
+
+    def _recorded_executor(self) -> dict[str, Any] | None:
+        file = self.path / EXECUTOR_FILE
+        if file.is_file():
+            try:
+                return json.loads(file.read_text())
+            except (OSError, ValueError):
+                return None
+        # A run directory from before executor.json: its checkpoints say which path made it.
+        if self._epoch_checkpoints():
+            return {"executor": "process"}
+        if (self.path / "ray").is_dir():
+            return {"executor": "ray"}  # storage and name unknown: not compared
+        return None
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted(self._epoch_checkpoints())
         return found[-1][1] if found else None
+
+    def checkpoints_newest_first(self) -> list[Path]:
+        return [p for _, p in sorted(self._epoch_checkpoints(), reverse=True)]
 
     def _epoch_checkpoints(self) -> list[tuple[int, Path]]:
         if not self.checkpoints.is_dir():

@@ -35,9 +35,12 @@ from adr_scale.config import (
     to_dict,
     validate,
 )
+from adr_scale.runguard import RunLock, TrainingDiverged
 
 STATE_FILE = "state.pt"  # the engine's checkpoint inside each Ray Train checkpoint directory
 HISTORY_FILE = "history.json"  # the epoch rows, small, so the driver need not fetch state.pt
+CONFIG_FILE = "config.json"  # the resolved config, so the driver compares it before a resume
+DIVERGED_FILE = ".diverged"  # the workers' divergence line, handed to the driver by the callback
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +151,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                               "steps_per_epoch": state.steps_per_epoch})
         return
     synthetic = open_synthetic(cfg, splits.info, ctx.get_world_rank(), ctx.get_world_size())
-    run_epochs(state, train, splits.val, _report_epoch, until_epoch=until, synthetic=synthetic)
+    try:
+        run_epochs(state, train, splits.val, _report_epoch, until_epoch=until, synthetic=synthetic)
+    except TrainingDiverged as exc:
+        if not config.get("report_divergence"):
+            raise
+        # Every rank stops at the same check (the flag is summed), so this report is a barrier
+        # like the others; returning instead of raising keeps Ray from retrying a run that
+        # would diverge again from the same checkpoint.
+        ray.train.report({"diverged": str(exc)})
 
 
 def _report_epoch(state, row: dict[str, Any], improved: bool) -> None:
@@ -169,6 +180,7 @@ def _report_epoch(state, row: dict[str, Any], improved: bool) -> None:
     with tempfile.TemporaryDirectory() as directory:
         torch.save(ckpt, Path(directory) / STATE_FILE)
         (Path(directory) / HISTORY_FILE).write_text(json.dumps(state.history))
+        (Path(directory) / CONFIG_FILE).write_text(json.dumps(ckpt["config"]))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                          checkpoint_dir_name=f"epoch-{state.epoch:04d}")
 
@@ -200,6 +212,10 @@ def _make_callback(out: Path, cfg_dict: dict[str, Any]):
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
             if checkpoint is None:
+                if metrics and "diverged" in metrics[0]:
+                    from adr_scale.rundir import atomic_write_text
+
+                    atomic_write_text(out / DIVERGED_FILE, metrics[0]["diverged"])
                 return
             import json
 
@@ -313,10 +329,41 @@ class EpochProgress:
         self.bar.close()
 
 
-def launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float = 0,
-           cpus_per_worker: float = 1, address: str | None = None, storage_path: str | None = None,
-           name: str | None = None, max_failures: int = 3, progress: bool = True,
-           fault_at_step: int | None = None) -> dict[str, Any]:
+def stored_checkpoint_config(storage: str, name: str) -> tuple[str, dict[str, Any]] | None:
+    """(directory name, config) of the newest Ray checkpoint of run `name` that carries its
+    config, read without Ray (a local path, s3:// or gs://); None before the first epoch."""
+    import json
+    import re
+
+    import pyarrow.fs as pafs
+
+    if "://" in storage:
+        fs, root = pafs.FileSystem.from_uri(storage)
+    else:
+        fs, root = pafs.LocalFileSystem(), str(Path(storage).resolve())
+    base = f"{root}/{name}"
+    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    dirs = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory
+                   and re.fullmatch(r"epoch-\d+", i.base_name)), reverse=True)
+    for directory in dirs:
+        try:
+            with fs.open_input_stream(f"{base}/{directory}/{CONFIG_FILE}") as f:
+                return directory, json.loads(f.read().decode())
+        except (OSError, ValueError):  # an older checkpoint without config.json, or torn
+            continue
+    return None
+
+
+def launch(cfg: RunConfig, out: Path, **options: Any) -> dict[str, Any]:
+    """Train `cfg` on Ray Train (options: see `_launch`) holding the lock on `out`."""
+    with RunLock(out):  # one writer per run directory
+        return _launch(cfg, out, **options)
+
+
+def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float = 0,
+            cpus_per_worker: float = 1, address: str | None = None,
+            storage_path: str | None = None, name: str | None = None, max_failures: int = 3,
+            progress: bool = True, fault_at_step: int | None = None) -> dict[str, Any]:
     """Train `cfg` on Ray Train with `workers` ranks; the run directory `out` is kept current."""
     import json
 
@@ -332,14 +379,20 @@ def launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float = 
     check_scaling(cfg, workers, gpus_per_worker, max_failures)
     splits = load_splits(cfg.data)  # a bad root fails here, before anything is written
     open_synthetic(cfg, splits.info, 0, max(workers, 1))  # and bad shards or mixing sizes here
+    storage = storage_path or str((out / "ray").resolve())
+    run_name = name or out.resolve().name
+    run = RunDir(out)
+    stored = stored_checkpoint_config(storage, run_name)
+    if stored is not None:  # the checkpoint's own config counts (config.yaml may be gone)
+        run.check_config(stored[1], cfg, f"Ray checkpoint {stored[0]}")
+    run.prepare(cfg, {"executor": "ray", "storage": storage_path or "default", "name": run_name})
+    (out / DIVERGED_FILE).unlink(missing_ok=True)
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True, include_dashboard=None)
-    storage = storage_path or str((out / "ray").resolve())
     check_storage_visible(storage)
-    RunDir(out).prepare(cfg)
     spe, total = schedule_length(cfg, len(splits.train))
-    loop_config: dict[str, Any] = {"config": to_dict(cfg)}
+    loop_config: dict[str, Any] = {"config": to_dict(cfg), "report_divergence": True}
     if fault_at_step is not None:
         loop_config |= {"fault_at_step": fault_at_step,
                         "fault_marker": str((out / "fault_injected").resolve())}
@@ -351,7 +404,7 @@ def launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float = 
             resources_per_worker={"CPU": cpus_per_worker, "GPU": gpus_per_worker}
             if gpus_per_worker > 0 else {"CPU": cpus_per_worker}),
         run_config=RayRunConfig(
-            name=name or out.resolve().name, storage_path=storage,
+            name=run_name, storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(  # Ray also always keeps the latest
                 num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="val_robust_acc",
@@ -360,6 +413,11 @@ def launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float = 
     )
     with EpochProgress(out, -(-total // spe), progress):
         trainer.fit()
+    diverged = out / DIVERGED_FILE
+    if diverged.exists():
+        message = diverged.read_text()
+        diverged.unlink()
+        raise TrainingDiverged(message)
     summary_file = out / "summary.json"
     return json.loads(summary_file.read_text()) if summary_file.exists() else {}
 
@@ -392,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:  # one line, exit 1: the input was valid, the run failed
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if not summary.get("finished"):
         print(f"run stopped before its last epoch; rerun the same command to resume ({args.out})")
         return 1

@@ -367,11 +367,6 @@ def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float =
     """Train `cfg` on Ray Train with `workers` ranks; the run directory `out` is kept current."""
     import json
 
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
-
     from adr_scale.data import load_splits
     from adr_scale.engine import open_synthetic, schedule_length
     from adr_scale.rundir import RunDir
@@ -387,6 +382,11 @@ def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float =
         run.check_config(stored[1], cfg, f"Ray checkpoint {stored[0]}")
     run.prepare(cfg, {"executor": "ray", "storage": storage_path or "default", "name": run_name})
     (out / DIVERGED_FILE).unlink(missing_ok=True)
+    import ray  # only now: every refusal above comes without Ray's import or start
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True, include_dashboard=None)

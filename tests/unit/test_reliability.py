@@ -20,9 +20,9 @@ from adr_scale.data import load_splits
 from adr_scale.engine import build_state, checkpoint_state, fit, load_checkpoint, run_epochs
 from adr_scale.runguard import LOCK_FILE, TrainingDiverged
 
-# 1200 training images at batch 512: 2 steps per epoch, so a run of a few epochs takes ~1 s.
-FAST = ["train.device=cpu", "train.batch_size=512", "data.val_size=300", "attack.eval_steps=2",
-        "train.log_every=1"]
+# 1400 training images at batch 512: 2 steps per epoch, so a run of a few epochs takes ~1 s.
+FAST = ["train.device=cpu", "train.batch_size=512", "data.val_size=100", "attack.steps=2",
+        "attack.eval_steps=2", "train.log_every=1"]
 
 
 @pytest.fixture(autouse=True)
@@ -58,10 +58,11 @@ def _error_line(capsys) -> str:
 
 def test_nan_run_stops_with_one_line_and_saves_nothing(digits, tmp_path, capsys):
     out = tmp_path / "nan"
-    # 18 steps per epoch, checked every 2: the loss is NaN from step 6 of epoch 1 on
+    # 21 steps per epoch, checked every 2: the loss is NaN from step 6 of epoch 1 on (warm-up
+    # lr 1e6 * 6 / 21)
     assert _cli(out, "optim.lr=1e6", "train.batch_size=64", "train.log_every=2") == 1
     line = _error_line(capsys)
-    assert "training diverged at step 6 (epoch 1): loss nan, lr 3.333e+05" in line
+    assert "training diverged at step 6 (epoch 1): loss nan, lr 2.857e+05" in line
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "executor.json"]
 
 
@@ -92,3 +93,98 @@ def test_evaluate_refuses_a_checkpoint_with_nan_weights(digits, tmp_path):
                                           r"e.g. 'net.features.0.weight'\); the run diverged"):
         ev.load_model(tmp_path / "final.pt", "ema")
     assert ev.load_model(tmp_path / "final.pt", "student").which == "student"  # the other is fine
+
+
+# -- item 2: --workers 0 and --workers >= 1 never share one --out silently -------------------
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_switching_workers_kind_on_one_out_is_refused_before_writing(digits, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert _cli(out, "train.epochs=1") == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert _cli(out, "train.epochs=1", workers=1) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: --workers: '{out}' was trained in this process (--workers 0)")
+    assert _snapshot(out) == before  # no ray/ directory, best.pt, metrics.jsonl untouched
+
+
+# -- item 3: resume compares the checkpoint's config; a failed start blocks nothing ---------
+
+
+def test_resume_compares_the_checkpoint_config_when_config_yaml_is_gone(digits, tmp_path):
+    out = tmp_path / "r"
+    fit(_cfg("train.epochs=3", "optim.lr=0.1"), out, until_epoch=2, progress=False, splits=digits)
+    (out / "config.yaml").unlink()
+    best = (out / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"another config \(differs in adr.tau_start, optim.lr\) "
+                                          r"according to its epoch-0002.pt"):
+        fit(_cfg("train.epochs=3", "optim.lr=0.05", "adr.tau_start=4.0"), out, progress=False,
+            splits=digits)
+    assert (out / "best.pt").read_bytes() == best
+    assert len(load_checkpoint(out / "checkpoints" / "epoch-0002.pt")["history"]) == 2
+
+
+def test_a_failed_start_does_not_block_the_corrected_rerun(digits, tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(TrainingDiverged):
+        fit(_cfg("optim.lr=1e6", "train.batch_size=64", "train.log_every=2"), out,
+            progress=False, splits=digits)
+    assert (out / "config.yaml").exists() and not (out / LOCK_FILE).exists()
+    summary = fit(_cfg("train.epochs=1"), out, progress=False, splits=digits)
+    assert summary["final_epoch"] == 1 and summary["steps"] == 2
+
+
+# -- item 8: a truncated latest checkpoint: resume from the one before it, and say so --------
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_one_before(digits, tmp_path, capsys):
+    cfg, out = _cfg("train.epochs=3"), tmp_path / "r"
+    fit(cfg, out, until_epoch=2, progress=False, splits=digits)
+    epoch2 = load_checkpoint(out / "checkpoints" / "epoch-0002.pt")
+    latest = out / "checkpoints" / "epoch-0002.pt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # a copy cut short
+    capsys.readouterr()
+    fit(cfg, out, progress=False, splits=digits)
+    err = capsys.readouterr().err
+    assert f"warning: checkpoint {latest} is unreadable" in err
+    assert f"resuming from {out / 'checkpoints' / 'epoch-0001.pt'} (epoch 1)" in err
+    final = load_checkpoint(out / "final.pt")
+    assert final["step"] == 6 and [r["epoch"] for r in final["history"]] == [1, 2, 3]
+    again = load_checkpoint(out / "checkpoints" / "epoch-0002.pt")  # epoch 2, trained again
+    assert all(torch.equal(epoch2["model"][k], again["model"][k]) for k in epoch2["model"])
+
+
+# -- item 9: one run per --out: a real second process is refused; stale locks do not block --
+
+
+HOLDER = """
+import sys
+from adr_scale.runguard import RunLock
+with RunLock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_second_run_on_one_out_is_refused_naming_the_holder(digits, tmp_path, capsys):
+    out = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert _cli(out, "train.epochs=1") == 2
+        line = _error_line(capsys)
+        assert (f"error: --out: '{out}' is in use by pid {holder.pid} on host "
+                f"{socket.gethostname()}") in line
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)  # dies holding the lock: a stale lock
+        holder.wait()
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == holder.pid
+    assert _cli(out, "train.epochs=1") == 0  # the dead pid's lock is taken over
+    assert not (out / LOCK_FILE).exists()  # and released on exit

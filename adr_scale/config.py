@@ -40,7 +40,9 @@ class DataConfig:
     synthetic: str | None = None  # directory of WebDataset shards (data_pipeline output)
     synthetic_fraction: float = 0.75  # share of every batch drawn from `synthetic`, Sec. 5.4
     skip_bad_shards: bool = False  # skip (and count) unreadable shards instead of stopping
-    tar_reader: str = "webdataset"  # webdataset (the library's reader) | fast (our ustar parser)
+    tar_reader: str = "webdataset"  # parser of the cache build: webdataset (the library's) | fast (ours)
+    synthetic_cache: str | None = None  # node-local directory of decoded caches; None: <tmp>/adr-scale-synthetic-<uid>
+    synthetic_device: str = "cpu"  # cpu (memory-mapped, one copy per node) | cuda (whole array per GPU)
     crop_padding: int = 4  # random crop after zero padding, pixels; Sec. 5.1
     flip: bool = True  # random horizontal flip; Sec. 5.1
 
@@ -137,6 +139,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("data.crop_padding", d.crop_padding, d.crop_padding >= 0, "an integer >= 0"),
         ("data.tar_reader", d.tar_reader, d.tar_reader in ("fast", "webdataset"),
          "fast, webdataset"),
+        ("data.synthetic_device", d.synthetic_device, d.synthetic_device in ("cpu", "cuda"),
+         "cpu, cuda"),
         ("model.arch", m.arch, m.arch in ARCHS, ", ".join(ARCHS)),
         ("model.activation", m.activation, m.activation in ACTIVATIONS, ", ".join(ACTIVATIONS)),
         ("attack.eps", a.eps, 0.0 <= a.eps <= 1.0, "a number in [0, 1] (pixel scale)"),

@@ -268,7 +268,7 @@ def _epoch_batches(state: TrainState, train: ArrayDataset, synthetic, rank: int,
     first = state.epoch * state.steps_per_epoch
     real = real_stream_batches(train, real_rank * world, cfg.seed, first, state.steps_per_epoch,
                                state.device, rank=rank, world_size=world)
-    for real_batch, synth_batch in zip(real, synthetic.epoch(state.epoch, state.steps_per_epoch),
+    for real_batch, synth_batch in zip(real, synthetic.steps(first, state.steps_per_epoch),
                                        strict=True):
         yield concat_batches(real_batch, synth_batch)
 
@@ -342,29 +342,48 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
         n_synth = round(cfg.data.synthetic_fraction * cfg.train.batch_size)
         row |= {"samples_real": len(losses) * (cfg.train.batch_size - n_synth),
                 "samples_synthetic": len(losses) * n_synth,
-                "synthetic_bad_shards": len(synthetic.bad_shards)}
+                "synthetic_images": len(synthetic.synth),
+                "synthetic_distinct_seen": synthetic.distinct_seen,  # this rank's draws (Ray keeps rank 0's)
+                "synthetic_bad_shards": len(synthetic.synth.bad_shards)}
     return row
 
 
-def open_synthetic(cfg: RunConfig, info: DatasetInfo, rank: int = 0, world_size: int = 1):
-    """The rank's synthetic stream for `data.synthetic` (None without); checks it fits the data."""
+def open_synthetic(cfg: RunConfig, info: DatasetInfo, rank: int = 0, world_size: int = 1, *,
+                   device: torch.device | str = "cpu", check_only: bool = False):
+    """The rank's SyntheticLoader for `data.synthetic` (None without), after checking the shards
+    fit the dataset and the batch splits across the ranks. The first process on a node builds the
+    decoded cache (the others wait for it); check_only reads only the manifest (the Ray driver)."""
     if not cfg.data.synthetic:
         return None
     from adr_scale.config import ConfigError
-    from adr_scale.data.synthetic import SyntheticStream, mixed_batch_sizes
+    from adr_scale.data.synthetic import SyntheticLoader, SyntheticSet, describe_shards, mixed_batch_sizes
 
     _, synth_rank = mixed_batch_sizes(cfg.train.batch_size, cfg.data.synthetic_fraction, world_size)
-    if not (Path(cfg.data.synthetic) / "manifest.parquet").is_file():
-        raise ConfigError(f"data.synthetic: {cfg.data.synthetic!r} holds no manifest.parquet; "
-                          "point it at a data_pipeline output directory")
-    stream = SyntheticStream(cfg.data.synthetic, synth_rank, seed=cfg.seed, rank=rank,
-                             skip_bad=cfg.data.skip_bad_shards, tar_reader=cfg.data.tar_reader)
+    _, num_classes, shape = describe_shards(cfg.data.synthetic)
     expected = (info.in_channels, info.image_size, info.image_size)
-    if tuple(stream.image_shape) != expected or stream.num_classes != info.num_classes:
-        raise ConfigError(f"data.synthetic: shards hold {stream.num_classes}-class images of shape "
-                          f"{tuple(stream.image_shape)}; {cfg.data.dataset} needs "
-                          f"{info.num_classes} classes of shape {expected}")
-    return stream
+    if shape != expected or num_classes != info.num_classes:
+        raise ConfigError(f"data.synthetic: shards hold {num_classes}-class images of shape "
+                          f"{shape}; {cfg.data.dataset} needs {info.num_classes} classes of shape "
+                          f"{expected}")
+    resident = cfg.data.synthetic_device == "cuda"
+    if resident and torch.device(device).type != "cuda":
+        raise ConfigError(f"data.synthetic_device: 'cuda' with train.device {cfg.train.device!r} "
+                          f"resolved to {torch.device(device).type}; allowed: cpu, or cuda on a GPU run")
+    if check_only:
+        return None
+    synth = SyntheticSet(cfg.data.synthetic, cfg.data.synthetic_cache, cfg.data.skip_bad_shards,
+                         tar_reader=cfg.data.tar_reader, progress=rank == 0)
+    return SyntheticLoader(synth, synth_rank, seed=cfg.seed, rank=rank, device=device,
+                           resident=resident)
+
+
+def coverage_line(state: TrainState, synthetic) -> str:
+    """What share of the synthetic set this run can be expected to see (uniform draws)."""
+    cfg = state.cfg
+    draws = state.total_steps * round(cfg.data.synthetic_fraction * cfg.train.batch_size)
+    n = len(synthetic.synth)
+    return (f"synthetic: {n:,} images; {draws:,} draws in {state.total_steps:,} steps, expected "
+            f"{100 * (1 - math.exp(-draws / n)):.1f} % of the images seen at least once")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,6 +452,8 @@ def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epo
     """
     rank, world = rank_and_world()
     stop = state.num_epochs if until_epoch is None else min(until_epoch, state.num_epochs)
+    if synthetic is not None and rank == 0 and state.epoch < stop:
+        (bar.write if bar is not None else print)(coverage_line(state, synthetic))
     while state.epoch < stop:
         start = time.perf_counter()
         row = {"epoch": state.epoch + 1, **train_epoch(state, train, bar, rank, world, synthetic)}
@@ -486,8 +507,8 @@ def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
          splits: Splits | None) -> dict[str, Any]:
     out = run.path
     splits = splits or load_splits(cfg.data)  # bad roots fail here, before anything is written
-    synthetic = open_synthetic(cfg, splits.info)
     device = resolve_device(cfg.train.device)
+    synthetic = open_synthetic(cfg, splits.info, device=device)
     latest = newest_readable_checkpoint(run)
     if latest is not None:  # the checkpoint's own config is the one that counts (config.yaml
         run.check_config(latest[1]["config"], cfg, latest[0].name)  # may be gone or replaced)

@@ -150,7 +150,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                               "total_steps": state.total_steps,
                                               "steps_per_epoch": state.steps_per_epoch})
         return
-    synthetic = open_synthetic(cfg, splits.info, ctx.get_world_rank(), ctx.get_world_size())
+    synthetic = open_synthetic(cfg, splits.info, ctx.get_world_rank(), ctx.get_world_size(),
+                               device=device)
     try:
         run_epochs(state, train, splits.val, _report_epoch, until_epoch=until, synthetic=synthetic)
     except TrainingDiverged as exc:
@@ -373,7 +374,9 @@ def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float =
 
     check_scaling(cfg, workers, gpus_per_worker, max_failures)
     splits = load_splits(cfg.data)  # a bad root fails here, before anything is written
-    open_synthetic(cfg, splits.info, 0, max(workers, 1))  # and bad shards or mixing sizes here
+    # mixing sizes and the manifest here; the workers build the node's decoded cache
+    open_synthetic(cfg, splits.info, 0, max(workers, 1), check_only=True,
+                   device="cuda" if gpus_per_worker > 0 else "cpu")
     storage = storage_path or str((out / "ray").resolve())
     run_name = name or out.resolve().name
     run = RunDir(out)

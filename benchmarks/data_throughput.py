@@ -1,25 +1,34 @@
 """Cost of the synthetic-data path, each number next to its baseline measured in the same run.
 
-1. read: images/s on ONE core (torch single-threaded, no loader workers) to read shards, decode the
-   PNGs and augment (crop + flip) with adr_scale.data.synthetic.SyntheticStream, versus the same
-   augmentation of batches gathered from an in-memory uint8 tensor (the real-data path). Goal:
-   >= 20k images/s per core for 32x32x3; printed as stream / in-memory.
-2. shard_npz peak RSS (VmHWM of a fresh process) at two file sizes, stored and deflated, next
+1. build: the decoded cache (adr_scale.data.synthetic.SyntheticSet) from 32x32x3 shards, images per
+   CPU-second for webdataset's tar reader and ours (one process), the extrapolated time for 1M
+   images on 8 cores (goal: under 60 s), and a build on all cores with spawned workers.
+2. gather: host time per step to draw and gather 768 images from the mapped cache (goal: under
+   1 ms), against gathering the same indices from an in-memory tensor.
+3. memory: 4 processes each reading every image of a 100k-image cache; their summed unique memory
+   (USS) grows by less than 10 % of the cache (the pages are shared), against each holding a copy.
+4. coverage: distinct images after one CIFAR-equivalent epoch on 8 ranks (96 per rank per step),
+   cache draws vs the per-epoch shard stream that the cache replaced (loaded from git history),
+   next to the expectation 1 - exp(-draws/N).
+5. shard_npz peak RSS (VmHWM of a fresh process) at two file sizes, stored and deflated, next
    to np.load of the larger file and to the imports alone. Goal: flat in the file size.
-3. generation: images/s of the tiny random UNet (3x32x32, 42k parameters) on one CPU core, DDPM with
+6. generation: images/s of the tiny random UNet (3x32x32, 42k parameters) on one CPU core, DDPM with
    1000 steps versus DDIM with 100, a few images (it measures the pipeline, not a real model).
 
 Examples:
-  python benchmarks/data_throughput.py                       # all three, about 5 minutes on a CPU
-  python benchmarks/data_throughput.py --only read --read-images 50000
-  python benchmarks/data_throughput.py --rss-sizes 20000 200000 --json /tmp/data_throughput.json
+  python benchmarks/data_throughput.py                      # all, about 10 minutes on 2 CPU cores
+  python benchmarks/data_throughput.py --only build --only gather --build-images 50000
+  python benchmarks/data_throughput.py --only memory --only coverage --json /tmp/cache.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,8 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # data_pipeline, when the editable install predates it
 
-from adr_scale.data import ArrayDataset, augment, to_float, train_batches  # noqa: E402
-from adr_scale.data.synthetic import SyntheticStream  # noqa: E402
+from adr_scale.data.synthetic import SyntheticSet  # noqa: E402
 from data_pipeline.shard_npz import shard_npz  # noqa: E402
 
 
@@ -42,10 +50,13 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["read", "rss", "generate"], action="append",
+    p.add_argument("--only", choices=list(PARTS), action="append",
                    help="run only these parts (repeatable)")
-    p.add_argument("--read-images", type=int, default=20000, help="images in the read benchmark")
-    p.add_argument("--batch-size", type=int, default=512, help="read benchmark batch")
+    p.add_argument("--build-images", type=int, default=20000, help="images in the build and gather parts")
+    p.add_argument("--gather-batch", type=int, default=768, help="images gathered per step (768 of 1024)")
+    p.add_argument("--gather-steps", type=int, default=500, help="steps timed in the gather part")
+    p.add_argument("--memory-images", type=int, default=100000, help="images in the memory and coverage parts")
+    p.add_argument("--memory-procs", type=int, default=4, help="processes mapping the cache")
     p.add_argument("--rss-sizes", type=int, nargs=2, default=[10000, 100000],
                    help="images in the two .npz files of the RSS benchmark (32x32x3)")
     p.add_argument("--gen-images", type=int, default=8, help="images per scheduler")
@@ -69,7 +80,7 @@ def natural_images(n: int, seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. read + decode + augment
+# 1. the decoded cache: build, per-step gather, shared memory, coverage
 
 
 def _rate(images: int, fn, rounds: int = 3) -> tuple[float, float]:
@@ -84,58 +95,186 @@ def _rate(images: int, fn, rounds: int = 3) -> tuple[float, float]:
     return images / statistics.median(cpu_s), images / statistics.median(wall_s)
 
 
-def bench_read(args, tmp: Path) -> dict:
-    import webdataset as wds
+def _shards(tmp: Path, n: int, seed: int) -> Path:
+    """n CIFAR-like 32x32x3 images (100 classes) in shards of 10,000 (made once per size)."""
+    out = tmp / f"shards{n}"
+    if not (out / "manifest.parquet").is_file():
+        np.savez(tmp / f"set{n}.npz", image=natural_images(n, seed), label=np.arange(n) % 100)
+        shard_npz(str(tmp / f"set{n}.npz"), out, 10000, progress=False)
+        (tmp / f"set{n}.npz").unlink()
+    return out
 
-    from adr_scale.data.synthetic import _tar_samples
 
-    n, b = args.read_images, args.batch_size
-    images = natural_images(n, args.seed)
-    np.savez(tmp / "read.npz", image=images, label=np.arange(n) % 10)
-    shard_npz(str(tmp / "read.npz"), tmp / "read", 10000, progress=False)
-    urls = sorted(str(p) for p in (tmp / "read").glob("shard-*.tar"))
-    tar_bytes = sum(os.path.getsize(u) for u in urls)
-    batches = n // b
-    torch.manual_seed(args.seed)
-    stream = SyntheticStream(tmp / "read", b, seed=args.seed)
-    list(stream.epoch(99, 2))  # warm-up: page cache, decoder
+def bench_build(args, tmp: Path) -> dict:
+    n = args.build_images
+    shards = _shards(tmp, n, args.seed)
+    res: dict = {"images": n}
+    for reader in ("webdataset", "fast"):
+        cache = tmp / f"build-{reader}"
 
-    def stream_augment():
-        for x, _ in stream.epoch(0, batches):
-            augment(to_float(x), 4, True)
+        def build(cache=cache, reader=reader):
+            shutil.rmtree(cache, ignore_errors=True)
+            SyntheticSet(shards, cache, tar_reader=reader, workers=1, progress=False)
 
-    def stream_only():
-        for _ in stream.epoch(1, batches):
-            pass  # epochs re-read the shards from the start: the same work every round
+        cpu, wall = _rate(n, build)
+        res[reader] = {"img_per_cpu_s": round(cpu), "img_per_wall_s": round(wall),
+                       "extrapolated_1m_on_8_cores_s": round(1e6 / (8 * cpu), 1)}
+    shutil.rmtree(tmp / "build-par", ignore_errors=True)
+    start = time.perf_counter()  # spawned worker processes (start-up included)
+    SyntheticSet(shards, tmp / "build-par", tar_reader="fast", progress=False)
+    res["fast_all_cores_wall_s"] = round(time.perf_counter() - start, 2)
+    res["ratio_fast_over_webdataset"] = res["fast"]["img_per_cpu_s"] / res["webdataset"]["img_per_cpu_s"]
+    print(f"cache build, {n} images 32x32x3 in {n // 10000} shards (read + sha256 + parse + PNG "
+          "decode + write), images per CPU-second, median of 3:")
+    for reader in ("webdataset", "fast"):
+        r = res[reader]
+        print(f"  {reader:<11} {r['img_per_cpu_s']:>8,} per core ({r['img_per_wall_s']:,} per wall-s)"
+              f"  -> 1M images on 8 cores ~{r['extrapolated_1m_on_8_cores_s']} s (goal < 60 s)")
+    print(f"  fast parser / webdataset = {res['ratio_fast_over_webdataset']:.2f}; all "
+          f"{os.cpu_count()} cores, spawned workers: {res['fast_all_cores_wall_s']} s wall")
+    return res
 
-    data = ArrayDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                        torch.arange(n) % 10)
 
-    def memory_augment():  # the real-data path: gather a batch from memory, augment
-        for x, _ in train_batches(data, b, args.seed, 0, torch.device("cpu")):
-            augment(to_float(x), 4, True)
+def bench_gather(args, tmp: Path) -> dict:
+    n, b = args.build_images, args.gather_batch
+    synth = SyntheticSet(_shards(tmp, n, args.seed), tmp / "build-fast", progress=False)
+    array = synth.array().copy()  # the same images in anonymous memory
+    images = torch.from_numpy(array)
+    out = np.empty((b, *synth.image_shape), np.uint8)
+    labels = np.empty(b, np.int64)
+    steps = range(args.gather_steps)
 
-    res = {"images": n, "batch": b, "tar_bytes_per_image": tar_bytes / n}
-    res["stream_augment"] = _rate(batches * b, stream_augment)
-    res["stream_decode"] = _rate(batches * b, stream_only)
-    res["memory_augment"] = _rate(batches * b, memory_augment)
-    res["parse_ours"] = _rate(n, lambda: [s for u in urls for s in _tar_samples(u)])
-    res["parse_webdataset"] = _rate(
-        n, lambda: list(wds.tarfile_to_samples()(iter([{"url": u} for u in urls]))))
-    res["ratio_stream_over_memory"] = res["stream_augment"][0] / res["memory_augment"][0]
-    res["ratio_parse_ours_over_webdataset"] = res["parse_ours"][0] / res["parse_webdataset"][0]
-    print(f"read, 1 core, batch {b}, {n} images 32x32x3, {res['tar_bytes_per_image']:.0f} B/image "
-          "in tars; images per CPU-second (per wall-second), median of 3:")
-    for key, what in (("stream_augment", "shards: read + shuffle + PNG decode + augment"),
-                      ("stream_decode", "shards: read + shuffle + PNG decode"),
-                      ("memory_augment", "in-memory uint8: gather + augment (baseline)"),
-                      ("parse_ours", "tar parsing only, our parser"),
-                      ("parse_webdataset", "tar parsing only, webdataset (tarfile)")):
-        cpu, wall = res[key]
-        print(f"  {what:<48} {cpu:>9,.0f}  ({wall:,.0f})")
-    print(f"  ratio shards / in-memory = {res['ratio_stream_over_memory']:.3f}; tar parsing ours / "
-          f"webdataset = {res['ratio_parse_ours_over_webdataset']:.1f} "
-          "(goal: shards >= 20,000 img/s per core)")
+    def per_step_us(fn) -> float:
+        times = []
+        for k in steps:
+            start = time.perf_counter()
+            fn(k)
+            times.append(time.perf_counter() - start)
+        return 1e6 * statistics.median(times)
+
+    for k in range(20):  # warm-up: the page cache holds the file after the build
+        synth.gather(synth.indices(k, b, seed=0, rank=0), out, labels)
+    res = {"images": n, "batch": b,
+           "draw_us": per_step_us(lambda k: synth.indices(k, b, seed=0, rank=0)),
+           "mapped_us": per_step_us(lambda k: synth.gather(
+               synth.indices(k, b, seed=0, rank=0), out, labels)),
+           "in_memory_us": per_step_us(lambda k: images[torch.from_numpy(
+               synth.indices(k, b, seed=0, rank=0))]),
+           "in_memory_numpy_us": per_step_us(lambda k: np.take(
+               array, synth.indices(k, b, seed=0, rank=0), axis=0, out=out, mode="clip"))}
+    res["ratio_mapped_over_in_memory"] = res["mapped_us"] / res["in_memory_us"]
+    res["ratio_mapped_over_in_memory_numpy"] = res["mapped_us"] / res["in_memory_numpy_us"]
+    print(f"per-step host work for {b} images of {n} (median over {len(steps)} steps): draw "
+          f"{res['draw_us']:.0f} us; draw + gather from the mapped cache {res['mapped_us']:.0f} us "
+          f"(goal < 1000) vs from an in-memory tensor {res['in_memory_us']:.0f} us (torch indexing,"
+          f" ratio {res['ratio_mapped_over_in_memory']:.2f}) and {res['in_memory_numpy_us']:.0f} us"
+          f" (the same np.take on an in-memory array, ratio "
+          f"{res['ratio_mapped_over_in_memory_numpy']:.2f})")
+    return res
+
+
+USS_CHILD = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+from adr_scale.data.synthetic import SyntheticSet
+
+def uss_kb():
+    fields = dict(l.split(":", 1) for l in open("/proc/self/smaps_rollup") if ":" in l)
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty"))
+
+synth = SyntheticSet({shards!r}, {cache!r}, progress=False)
+before = uss_kb()
+data = synth.array() if {mode!r} == "map" else synth.array().copy()  # "copy": the peers' way
+total = sum(int(data[i:i + 4096].sum(dtype=np.int64)) for i in range(0, len(data), 4096))
+open({ready!r}, "w").write("1")
+while len(list(__import__("pathlib").Path({ready!r}).parent.glob("ready*"))) < {procs}:
+    time.sleep(0.05)  # measure while every process holds its mapping
+after = uss_kb()
+print(before, after, total)
+"""
+
+
+def _uss_growth_mb(tmp: Path, shards: Path, cache: Path, procs: int, mode: str) -> list[float]:
+    sync = tmp / f"uss-{mode}"
+    shutil.rmtree(sync, ignore_errors=True)
+    sync.mkdir()
+    children = [subprocess.Popen(
+        [sys.executable, "-c", USS_CHILD.format(repo=str(REPO), shards=str(shards), cache=str(cache),
+                                                mode=mode, ready=str(sync / f"ready{i}"), procs=procs)],
+        stdout=subprocess.PIPE, text=True) for i in range(procs)]
+    growth = []
+    for child in children:
+        before, after, _ = child.communicate(timeout=600)[0].split()
+        growth.append((int(after) - int(before)) / 1024)
+    return growth
+
+
+def bench_memory(args, tmp: Path) -> dict:
+    n, procs = args.memory_images, args.memory_procs
+    shards = _shards(tmp, n, args.seed)
+    synth = SyntheticSet(shards, tmp / "mem-cache", progress=False)  # built once, here
+    size_mb = synth.array().nbytes / 2**20
+    res: dict = {"images": n, "cache_mb": round(size_mb, 1), "processes": procs}
+    res["map_uss_growth_mb"] = _uss_growth_mb(tmp, shards, tmp / "mem-cache", procs, "map")
+    res["copy_uss_growth_mb"] = _uss_growth_mb(tmp, shards, tmp / "mem-cache", procs, "copy")
+    res["map_share_of_cache"] = sum(res["map_uss_growth_mb"]) / size_mb
+    res["copy_share_of_cache"] = sum(res["copy_uss_growth_mb"]) / size_mb
+    print(f"memory, {procs} processes each reading every image of a {n}-image cache "
+          f"({size_mb:.0f} MB): summed unique-memory (USS) growth {sum(res['map_uss_growth_mb']):.1f}"
+          f" MB mapped = {100 * res['map_share_of_cache']:.1f} % of the cache (goal < 10 %); "
+          f"{sum(res['copy_uss_growth_mb']):.0f} MB = {100 * res['copy_share_of_cache']:.0f} % when "
+          "each process holds its own copy (the peers' np.load)")
+    return res
+
+
+def _old_stream_module():
+    """adr_scale.data.synthetic as it was before the cache (the per-epoch shard stream)."""
+    import importlib.util
+
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{OLD_STREAM_REV}:adr_scale/data/synthetic.py"],
+                            capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "old_synthetic.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("old_synthetic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+OLD_STREAM_REV = "af01065"  # the last commit that streamed shards per epoch
+
+
+def bench_coverage(args, tmp: Path) -> dict:
+    n, ranks, per_rank = args.memory_images, 8, 96  # 768 of a 1024 batch on 8 ranks
+    steps = -(-50_000 // 1024)  # one CIFAR-equivalent epoch: 49 steps
+    shards = _shards(tmp, n, args.seed)
+    synth = SyntheticSet(shards, tmp / "mem-cache", progress=False)
+    seen = np.zeros(n, bool)
+    for k, r in itertools.product(range(steps), range(ranks)):
+        seen[synth.indices(k, per_rank, seed=0, rank=r)] = True
+    draws = steps * ranks * per_rank
+    res = {"images": n, "ranks": ranks, "steps": steps, "draws": draws,
+           "cache_distinct_share": float(seen.mean()), "expected_share": 1 - math.exp(-draws / n)}
+    try:
+        old = _old_stream_module()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"coverage: the old stream ({OLD_STREAM_REV}) is not in this checkout ({exc})")
+        old = None
+    if old is not None:  # the stream yields pixels, not indices: find each image by its bytes
+        array = synth.array()
+        index_of = {hash(array[i].tobytes()): i for i in range(n)}
+        seen_old = np.zeros(n, bool)
+        for r in range(ranks):
+            stream = old.SyntheticStream(shards, per_rank, seed=0, rank=r, tar_reader="fast")
+            for images, _ in stream.epoch(0, steps):
+                seen_old[[index_of[hash(x.numpy().tobytes())] for x in images]] = True
+        res["stream_distinct_share"] = float(seen_old.mean())
+    print(f"coverage after one CIFAR-equivalent epoch ({steps} steps x {ranks} ranks x {per_rank} = "
+          f"{draws:,} draws from {n:,} images): cache {100 * res['cache_distinct_share']:.1f} % "
+          f"distinct (expected 1 - exp(-draws/N) = {100 * res['expected_share']:.1f} %)"
+          + (f"; the old per-epoch stream {100 * res['stream_distinct_share']:.1f} %"
+             if "stream_distinct_share" in res else ""))
     return res
 
 
@@ -241,16 +380,19 @@ def git_revision() -> str:
         return "unknown"
 
 
+PARTS = {"build": bench_build, "gather": bench_gather, "memory": bench_memory,
+         "coverage": bench_coverage, "rss": bench_rss, "generate": bench_generate}
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)  # per-core numbers
-    parts = args.only or ["read", "rss", "generate"]
+    parts = args.only or list(PARTS)
     results = {"git": git_revision(), "torch": torch.__version__, "seed": args.seed,
                "cpu": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="data_throughput-") as tmp:
         for part in parts:
-            results[part] = {"read": bench_read, "rss": bench_rss,
-                             "generate": bench_generate}[part](args, Path(tmp))
+            results[part] = PARTS[part](args, Path(tmp))
     results["load_avg_1m_end"] = os.getloadavg()[0]
     print(f"(load average {results['load_avg_1m']:.1f} -> {results['load_avg_1m_end']:.1f} on "
           f"{results['cpu']} cores; git {results['git']})")

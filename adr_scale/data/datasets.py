@@ -125,31 +125,79 @@ def load_cifar(
         from torchvision import datasets as tv_datasets  # slow import, only when fetching
 
         fetch = tv_datasets.CIFAR10 if num_classes == 10 else tv_datasets.CIFAR100
-        fetch(root, train=True, download=True)  # one archive holds train and test
+        try:
+            fetch(root, train=True, download=True)  # one archive holds train and test
+        except (OSError, RuntimeError) as exc:  # offline (URLError is an OSError), bad md5, full disk
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise ValueError(f"data.download: could not fetch CIFAR-{num_classes} into {root!r} "
+                             f"({why}); download it by hand or check the network") from None
     if not all(p.is_file() for p in needed):
         raise ValueError(
             f"data.root: {root!r} holds no CIFAR-{num_classes} data (expected {needed[0]} ...); "
             "set data.download=true to fetch it"
         )
-    train = _concat([_read_cifar_batch(base / name, label_key) for name in train_files])
-    test = _read_cifar_batch(base / test_file, label_key)
+    train = _concat([_read_cifar_batch(base / name, label_key, num_classes)
+                     for name in train_files])
+    test = _read_cifar_batch(base / test_file, label_key, num_classes)
     return train, test
 
 
-def _read_cifar_batch(path: Path, label_key: str) -> ArrayDataset:
-    with open(path, "rb") as f:
-        # latin1 reads both the official Python 2 pickles (str keys) and Python 3 ones (bytes keys)
-        raw = pickle.load(f, encoding="latin1")
+# The only globals a CIFAR batch needs: numpy's array reconstruction (numpy 1 and 2 names) and
+# protocol 2's spelling of bytes. Anything else (os.system, builtins.eval, ...) is a crafted file.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, str, bytes, ints and numpy arrays only: a dataset directory is
+    data, and a pickle from it must never run code (pickle.load would call any global)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def _unpickle_cifar(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            # latin1 reads the official Python 2 pickles (str keys) and Python 3 ones (bytes keys)
+            raw = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, OverflowError, MemoryError) as exc:
+        raise ValueError(f"data.root: {str(path)!r} is not a CIFAR batch pickle ({exc or 'truncated'}"
+                         "); replace it with the original file or set data.download=true") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"data.root: {str(path)!r} holds a {type(raw).__name__}, not the dict "
+                         "of a CIFAR batch")
+    return raw
+
+
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> ArrayDataset:
+    raw = _unpickle_cifar(path)
     entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in raw.items()}
     if "data" not in entry or label_key not in entry:
         raise ValueError(f"data.root: {str(path)!r} lacks the keys 'data' and {label_key!r}")
-    data = np.asarray(entry["data"], dtype=np.uint8)  # (N, 3072)
-    labels = np.asarray(entry[label_key], dtype=np.int64)  # (N,)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+    try:
+        data = np.asarray(entry["data"], dtype=np.uint8)  # (N, 3072)
+        labels = np.asarray(entry[label_key], dtype=np.int64)  # (N,)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"data.root: {str(path)!r} holds 'data' or {label_key!r} that are not "
+                         "arrays of integers") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),):
         raise ValueError(
-            f"data.root: {str(path)!r} has data {data.shape} and {len(labels)} labels; "
-            "expected (N, 3072) and N"
+            f"data.root: {str(path)!r} has data {data.shape} and labels {labels.shape}; "
+            "expected (N, 3072) and (N,)"
         )
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = int(labels[(labels < 0) | (labels >= num_classes)][0])
+        raise ValueError(f"data.root: {str(path)!r} has label {bad}; allowed: 0 to "
+                         f"{num_classes - 1} (CIFAR-{num_classes})")
     # Each row is channel-major: 1024 red bytes, then green, then blue, each row-major 32x32.
     images = data.reshape(-1, 3, 32, 32)
     return ArrayDataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels))

@@ -188,3 +188,36 @@ def test_second_run_on_one_out_is_refused_naming_the_holder(digits, tmp_path, ca
     assert json.loads((out / LOCK_FILE).read_text())["pid"] == holder.pid
     assert _cli(out, "train.epochs=1") == 0  # the dead pid's lock is taken over
     assert not (out / LOCK_FILE).exists()  # and released on exit
+
+
+# -- item 4: a dataset directory never runs code -------------------------------------------
+
+
+class _Exploit:
+    """Unpickling this calls os.system: a crafted data_batch_1 would write the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_crafted_cifar_pickle_is_refused_without_running(tmp_path):
+    import pickle
+
+    from adr_scale.data.datasets import load_cifar
+
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({b"data": _Exploit(marker), b"labels": [0]}, protocol=2)
+    assert b"system" in payload  # the payload really calls os.system (posix.system)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / name).write_bytes(payload)
+    with pytest.raises(ValueError, match=r"data_batch_1' is not a CIFAR batch pickle \(refused "
+                                         r"global (posix|os)\.system\)"):
+        load_cifar(str(tmp_path), 10)
+    assert not marker.exists()
+    pickle.loads(payload)  # the same bytes through plain pickle do run the command
+    assert marker.exists()

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Zhang et al.'s TRADES starts its KL attack from x + 0.001 * N(0, I) rather than a uniform draw.
+# TRADES starts its KL attack 0.001 from x: x + 0.001 * N(0, I) in Zhang et al.'s code,
+# x + 0.001 * U[0, 1) in the official ADR code (src/util/trades_attack.py).
 TRADES_INIT_STD = 0.001
 
 
@@ -23,7 +24,9 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps: fl
 
     x: (B, C, H, W) in [0, 1]; target: (B,) class indices or (B, C) probabilities (ADR's rectified
     label, or the clean prediction for TRADES, whose KL has the same input gradient as this CE).
-    random_start: True / "uniform" (Madry et al.), "normal" (TRADES) or False. Only input
+    random_start: True / "uniform" (Madry et al.), "normal" (Zhang et al.'s TRADES: 0.001 N(0, 1)),
+    "small_uniform" (the official ADR TRADES: 0.001 U[0, 1)) or False. The start is clipped to
+    [0, 1] (the official TRADES code feeds x + 0.001 u unclipped to its first step). Only input
     gradients are taken (torch.autograd.grad on delta) and nothing syncs with the host, so the
     model's parameter gradients are untouched. The caller chooses the model's train/eval mode.
     Returns the adversarial batch, detached, with |x_adv - x| <= eps and x_adv in [0, 1].
@@ -34,6 +37,8 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps: fl
         delta = torch.empty_like(x).uniform_(-eps, eps)
     elif random_start == "normal":
         delta = TRADES_INIT_STD * torch.randn_like(x)
+    elif random_start == "small_uniform":
+        delta = TRADES_INIT_STD * torch.rand_like(x)
     else:
         delta = torch.zeros_like(x)
     delta = (x + delta).clamp(0.0, 1.0) - x  # (B, C, H, W)

@@ -47,6 +47,7 @@ from adr_scale.distributed import (
 )
 from adr_scale.losses import trades_loss
 from adr_scale.models import create_model
+from adr_scale.models.layers import norm_parameters, set_bn_momentum
 from adr_scale.report import write_run_outputs
 from adr_scale.rundir import RunDir
 from adr_scale.runguard import RunLock, TrainingDiverged
@@ -100,11 +101,17 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
     model = build_model(cfg, info)
     if cfg.train.sync_batchnorm and rank_and_world()[1] > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    set_bn_momentum(model, cfg.model.bn_momentum)  # a first-step value is set by _objective
     model = model.to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ema = EMATeacher(model, cfg.adr.ema_decay)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+    params: Any = model.parameters()
+    if cfg.optim.no_decay_norm_bias:  # official code / Wang et al. with DDPM data
+        exempt = {id(p) for p in norm_parameters(model)}
+        params = [{"params": [p for p in model.parameters() if id(p) not in exempt]},
+                  {"params": norm_parameters(model), "weight_decay": 0.0}]
+    optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
                                 weight_decay=cfg.optim.weight_decay)
     awp = (AdversarialWeightPerturbation(model, cfg.awp.gamma, cfg.awp.proxy_lr)
@@ -151,23 +158,45 @@ def _objective(state: TrainState, x: torch.Tensor, target: torch.Tensor,
                ) -> Callable[[nn.Module], torch.Tensor]:
     """Build the adversarial batch for the configured method; return loss(module) on it."""
     cfg, model = state.cfg, state.model
+    step0 = cfg.model.bn_momentum_step0
+    if step0 is not None and state.step <= 1:  # every train-mode forward of step 0 uses step0
+        set_bn_momentum(_unwrap(model), step0 if state.step == 0 else cfg.model.bn_momentum)
     if cfg.train.method == "standard":
         return lambda m: soft_cross_entropy(m(x), target)
     if cfg.train.method == "trades":
-        # Zhang et al.: the KL attack runs in eval mode from x + 0.001 N(0, I) against p(x).
-        model.eval()
-        with torch.no_grad():
-            p_nat = F.softmax(model(x).float(), dim=1)  # (B, C)
-        x_adv = pgd_linf(model, x, p_nat, eps=cfg.attack.eps, alpha=cfg.attack.alpha,
-                         steps=cfg.attack.steps, random_start="normal")
-        model.train()
-        beta = cfg.train.trades_beta
-        return lambda m: trades_loss(m(x), m(x_adv), target, beta)
+        return _trades_objective(cfg, model, x, target)
     # PGD-AT: the attack runs in train mode, as in Madry et al., Rice et al. and the official ADR
     # code (BatchNorm uses the batch's statistics while the attack is crafted).
     x_adv = pgd_linf(model, x, target, eps=cfg.attack.eps, alpha=cfg.attack.alpha,
                      steps=cfg.attack.steps)
     return lambda m: soft_cross_entropy(m(x_adv), target)
+
+
+def _trades_objective(cfg: RunConfig, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                      ) -> Callable[[nn.Module], torch.Tensor]:
+    """TRADES' KL attack against p(x), then loss(m) = CE(m(x), target) + beta KL(m(x) || m(x_adv)).
+
+    official (yuyuwu5/ADR): attack in train mode (batch statistics, running statistics updated)
+    from x + 0.001 U[0, 1), and the loss from one forward of the concatenated clean + adversarial
+    batch, so BatchNorm normalises both halves together. zhang (Zhang et al. 2019): attack in
+    eval mode from x + 0.001 N(0, I), separate clean and adversarial forwards.
+    """
+    official = cfg.train.trades_attack == "official"
+    if not official:
+        model.eval()
+    with torch.no_grad():
+        p_nat = F.softmax(model(x).float(), dim=1)  # (B, C)
+    x_adv = pgd_linf(model, x, p_nat, eps=cfg.attack.eps, alpha=cfg.attack.alpha,
+                     steps=cfg.attack.steps, random_start="small_uniform" if official else "normal")
+    model.train()
+    beta, n = cfg.train.trades_beta, x.shape[0]
+    if official:
+        def loss(m: nn.Module) -> torch.Tensor:
+            logits = m(torch.cat([x, x_adv]))  # (2B, C)
+            return trades_loss(logits[:n], logits[n:], target, beta)
+
+        return loss
+    return lambda m: trades_loss(m(x), m(x_adv), target, beta)
 
 
 def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -26,3 +26,17 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.zeros_(m.bias)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every BatchNorm (and SyncBatchNorm) layer."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+
+
+def norm_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The scales and shifts of the BatchNorm layers: what the official ADR code and Wang et al.
+    exempt from weight decay with auxiliary data (they select parameters named 'batchnorm')."""
+    return [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)]

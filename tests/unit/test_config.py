@@ -45,7 +45,8 @@ def test_paper_grid_and_settings():
 
 def test_ddpm_and_standard_presets():
     d = get_preset("cifar100_preact_resnet18_ddpm_at_adr")
-    assert d.model.arch == "preact_resnet18" and d.model.activation == "silu"
+    assert d.model.arch == "preact_resnet18_dm" and d.model.activation == "silu"
+    assert not d.awp.enabled  # AWP-free by name; the official DDPM runs are *_ddpm_at_awp_adr
     assert d.train.batch_size == 1024 and d.data.synthetic_fraction == 0.75
     assert d.optim.schedule == "cyclic" and d.optim.lr == 0.4 and d.optim.warmup_epochs == 10
     assert d.train.epochs == 400

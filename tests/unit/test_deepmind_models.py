@@ -127,7 +127,7 @@ class _OfficialPreActResNet18(nn.Module):
         self.std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
         self.conv_2d = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         cin = 64
-        for s, (cout, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2))):
+        for s, (cout, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2), strict=True)):
             setattr(self, f"layer_{s}", nn.Sequential(_OfficialBlock(cin, cout, stride),
                                                       _OfficialBlock(cout, cout, 1)))
             cin = cout

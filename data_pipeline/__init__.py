@@ -4,5 +4,6 @@
     python -m data_pipeline.shard_npz --npz FILE.npz --out shards/NAME
     python -m data_pipeline.verify shards/NAME
 
-The format (shards.py) is read by `adr_scale.data.synthetic`; docs/data.md describes both sides.
+The format is defined once in `adr_scale.shard_format` (written by shards.py, read by the decoded
+cache of `adr_scale.data.synthetic`); docs/data.md describes both sides.
 """

@@ -357,7 +357,9 @@ def _run_tasks(tasks: list[dict], workers: int | None, progress: bool, desc: str
     from tqdm.auto import tqdm
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(len(tasks), workers or cores or 1)
+    # a worker per core, but none for less than ~20k images: spawning one costs seconds
+    images = sum(t["count"] for t in tasks)
+    workers = min(len(tasks), workers or min(cores or 1, -(-images // 20_000)))
     results: dict[str, str | None] = {}
     with tqdm(total=sum(t["count"] for t in tasks), desc=desc, unit="img", unit_scale=True,
               disable=not progress, dynamic_ncols=True) as bar:

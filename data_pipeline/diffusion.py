@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from adr_scale.config import ConfigError
-from data_pipeline.shards import make_row, shard_name, write_shard
+from data_pipeline.shards import make_row, sha256_file, shard_name, write_shard
 
 SCHEDULERS = ("ddim", "ddpm")
 DEFAULT_DDIM_STEPS = 100
@@ -33,6 +33,7 @@ class GenerateSpec:
     """Everything that decides the samples (resume compares `identity()`), plus operational knobs."""
 
     model: str  # diffusers pipeline directory or hub id
+    model_sha256: str  # digest of the UNet's weights files: the model's identity, not its path
     scheduler: str  # ddpm | ddim
     steps: int  # sampling steps
     seed: int  # noise of sample i comes from (seed, i)
@@ -50,7 +51,8 @@ class GenerateSpec:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run that wrote the directory."""
         d = asdict(self)
-        for key in ("num_images", "batch_size", "labeler"):  # may differ between runs
+        # These may differ between runs; the model and labeller count by their digests.
+        for key in ("num_images", "batch_size", "labeler", "model"):
             d.pop(key)
         d["image_shape"] = list(d["image_shape"])
         return d
@@ -103,6 +105,29 @@ def locate_model(model: str) -> tuple[str | None, dict[str, Any], dict[str, Any]
     raise ConfigError(f"--model: cannot load {model!r}; allowed: a diffusers pipeline directory "
                       "or hub id with unet/ and scheduler/ (e.g. DDPMPipeline.save_pretrained), "
                       "or a UNet2DModel directory with scheduler_config.json")
+
+
+def model_digest(model: str, sub: str | None) -> str:
+    """sha256 over the UNet's weights files (name and content): a model regenerated or replaced
+    at the same path is another model; a copy elsewhere is the same one. A hub id is resolved
+    to its local snapshot (downloaded if missing, as generation needs it anyway)."""
+    root = Path(model)
+    if not root.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            root = Path(snapshot_download(model, allow_patterns=[f"{sub}/*" if sub else "*"]))
+        except Exception as exc:  # offline, unknown id, no permission
+            raise ConfigError(f"--model: cannot fetch the weights of {model!r} ({exc}); allowed: "
+                              "a local pipeline directory or a reachable hub id") from None
+    files = sorted((root / sub if sub else root).glob("diffusion_pytorch_model*"))
+    if not files:
+        raise ConfigError(f"--model: {model!r} has no diffusion_pytorch_model.* weights file "
+                          f"in {root / sub if sub else root}")
+    sha = hashlib.sha256()
+    for f in files:
+        sha.update(f"{f.name}\0{sha256_file(f)}\0".encode())
+    return sha.hexdigest()
 
 
 def image_shape_of(unet_cfg: dict[str, Any]) -> tuple[int, int, int]:

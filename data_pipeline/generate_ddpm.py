@@ -29,6 +29,7 @@ from data_pipeline.diffusion import (
     Labeler,
     image_shape_of,
     locate_model,
+    model_digest,
     produce_shard,
     shard_task,
     task_device,
@@ -95,7 +96,7 @@ def build_spec(args) -> GenerateSpec:
     if not 1.0 <= args.oversample <= MAX_ROUNDS / 4:
         raise ConfigError(f"--oversample: {args.oversample} is out of range; allowed: a number "
                           f"in [1, {MAX_ROUNDS // 4}]")
-    _, unet_cfg, sched_cfg = locate_model(args.model)
+    sub, unet_cfg, sched_cfg = locate_model(args.model)
     shape = image_shape_of(unet_cfg)
     if unet_cfg["out_channels"] != shape[0] or shape[0] not in (1, 3):
         raise ConfigError(f"--model: {args.model!r} maps {shape[0]} to {unet_cfg['out_channels']} "
@@ -114,7 +115,8 @@ def build_spec(args) -> GenerateSpec:
                 raise ConfigError(f"{flag}: {value} is not a multiple of the {num_classes} classes; "
                                   "allowed: a multiple of the class count with --balance")
     return GenerateSpec(
-        model=args.model, scheduler=args.scheduler, steps=steps, seed=args.seed,
+        model=args.model, model_sha256=model_digest(args.model, sub), scheduler=args.scheduler,
+        steps=steps, seed=args.seed,
         shard_size=args.shard_size, num_images=args.num_images, batch_size=args.batch_size,
         labeler=args.labeler, labeler_sha256=sha256_file(args.labeler) if args.labeler else None,
         balance=args.balance, oversample=args.oversample if args.balance else 1.0,

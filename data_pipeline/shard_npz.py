@@ -3,11 +3,14 @@
 The file is streamed (npz_stream.py): peak memory is one chunk of rows, whatever the file size. A
 first pass over the labels (8 bytes an image at most) checks them and finds the number of classes
 before anything is written. Rerunning is idempotent: a shard already in the manifest whose file
-matches its checksum is skipped (its rows are seeked past), any other shard is (re)written.
+matches its checksum is skipped (its rows are seeked past), any other shard is (re)written. The
+source is identified by the sha256 of its members, so a regenerated npz never fills the gaps of
+shards cut from the old one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -69,17 +72,27 @@ def _open(path: str) -> tuple[zipfile.ZipFile, NpyStream, NpyStream]:
     return archive, images, labels
 
 
-def _num_classes(path: str) -> int:
-    """First pass over the labels: all >= 0; returns max + 1."""
+def _scan(path: str) -> tuple[int, dict[str, str]]:
+    """First pass, before anything is written: the labels are all >= 0 (returns max + 1) and the
+    sha256 of each member's .npy bytes, hashed as they stream past (memory: one chunk). The
+    digests identify the source by content: a regenerated npz at the same path and size is
+    another source, a moved or renamed copy the same one."""
     archive, _, labels = _open(path)
+    digests = {}
     with archive:
         low, high = 0, -1
         for part in labels.chunks(len(labels), CHUNK_ROWS * 64):
             if len(part):
                 low, high = min(low, int(part.min())), max(high, int(part.max()))
+        for key in ("image", "label"):
+            sha = hashlib.sha256()
+            with archive.open(f"{key}.npy") as member:
+                while chunk := member.read(1 << 22):
+                    sha.update(chunk)
+            digests[key] = sha.hexdigest()
     if low < 0 or high < 0:
         raise ConfigError(f"--npz: {path}: 'label' holds {low}; allowed: class indices >= 0")
-    return high + 1
+    return high + 1, digests
 
 
 def _prepare(out: Path, spec: dict, meta: dict) -> Manifest:
@@ -87,25 +100,34 @@ def _prepare(out: Path, spec: dict, meta: dict) -> Manifest:
     old = open_output(out)
     if old is None:
         return Manifest(meta, {})
-    if old.meta.get("kind") != "shard_npz" or old.meta.get("spec") != spec:
-        raise ConfigError(f"--out: {out} already holds shards made by {old.meta.get('kind')} with "
-                          f"{old.meta.get('spec')}; allowed: an empty directory or the same "
-                          "--npz and --shard-size (to resume)")
+    if old.meta.get("kind") != "shard_npz":
+        raise ConfigError(f"--out: {out} already holds shards made by {old.meta.get('kind')}; "
+                          "allowed: an empty directory or one shard_npz wrote (to resume)")
+    theirs = old.meta.get("spec") or {}
+    if theirs.get("npz_sha256") != spec["npz_sha256"]:
+        raise ConfigError(f"--npz: {out} was sharded from an npz with other contents (image "
+                          f"sha256 {str((theirs.get('npz_sha256') or {}).get('image'))[:12]}..., "
+                          f"this one {spec['npz_sha256']['image'][:12]}...); allowed: the same "
+                          "data (to resume) or a new --out")
+    if theirs.get("shard_size") != spec["shard_size"]:
+        raise ConfigError(f"--shard-size: {out} holds shards of {theirs.get('shard_size')} "
+                          f"images, not {spec['shard_size']}; allowed: the same --shard-size (to "
+                          "resume) or a new --out")
     return Manifest(meta, old.rows)
 
 
 def shard_npz(npz: str, out: str | Path, shard_size: int, progress: bool = True) -> Manifest:
     """Shard `npz` into `out`; returns the manifest. Every input error is raised before writing."""
     out = Path(out)
-    num_classes = _num_classes(npz)
+    num_classes, digests = _scan(npz)
     archive, images, labels = _open(npz)
     n = len(images)
     c = images.shape[3] if len(images.shape) == 4 else 1
-    spec = {"npz": os.path.abspath(npz), "npz_bytes": os.path.getsize(npz),
-            "shard_size": shard_size}
+    spec = {"npz_sha256": digests, "shard_size": shard_size}
     num_shards = math.ceil(n / shard_size)
     meta = {"format": FORMAT, "kind": "shard_npz", "num_shards": num_shards, "num_images": n,
-            "num_classes": num_classes, "image_shape": [c, *images.shape[1:3]], "spec": spec}
+            "num_classes": num_classes, "image_shape": [c, *images.shape[1:3]], "spec": spec,
+            "npz": os.path.abspath(npz)}  # where it was read from (not compared on resume)
     manifest = _prepare(out, spec, meta)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
@@ -123,7 +145,7 @@ def shard_npz(npz: str, out: str | Path, shard_size: int, progress: bool = True)
                 continue
             written = write_shard(out, k, _samples(images, labels, start, count, bar), num_classes)
             manifest.rows[name] = make_row(name, written, generated=count, first_index=start,
-                                           last_index=start + count - 1, source=spec["npz"])
+                                           last_index=start + count - 1, source=meta["npz"])
             write_manifest(out, manifest)
     bar.close()
     return manifest

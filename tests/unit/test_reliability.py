@@ -221,3 +221,70 @@ def test_crafted_cifar_pickle_is_refused_without_running(tmp_path):
     assert not marker.exists()
     pickle.loads(payload)  # the same bytes through plain pickle do run the command
     assert marker.exists()
+
+
+# -- item 6: sources are identified by content, not by path and size ----------------------
+
+
+def _write_npz(path: Path, seed: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    np.savez(path, image=rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8),
+             label=rng.integers(0, 10, 40))
+
+
+def test_shard_npz_refuses_a_regenerated_source_and_resumes_a_moved_copy(tmp_path):
+    import shutil
+
+    from data_pipeline.shard_npz import shard_npz
+
+    npz, out = tmp_path / "set.npz", tmp_path / "shards"
+    _write_npz(npz, seed=0)
+    shard_npz(str(npz), out, 16, progress=False)
+    (out / "shard-000001.tar").unlink()  # a gap that a rerun would fill
+    shutil.copy(npz, tmp_path / "moved.npz")
+    size = npz.stat().st_size
+    _write_npz(npz, seed=1)  # regenerated: same path, same size, other images
+    assert npz.stat().st_size == size
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ConfigError, match=r"--npz: .* was sharded from an npz with other contents"):
+        shard_npz(str(npz), out, 16, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == before  # the gap was not filled from it
+    kept = (out / "shard-000000.tar").stat().st_mtime_ns
+    manifest = shard_npz(str(tmp_path / "moved.npz"), out, 16, progress=False)  # same content
+    assert sorted(manifest.rows) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert (out / "shard-000000.tar").stat().st_mtime_ns == kept  # resumed, not rewritten
+
+
+@pytest.fixture(scope="module")
+def diffusers_imported():
+    """diffusers takes seconds to import: once per module, in setup, not in the test's time."""
+    from diffusers import DDPMPipeline, UNet2DModel  # noqa: F401
+
+
+def test_generate_ddpm_identifies_the_model_by_its_weights(diffusers_imported, tmp_path, capsys):
+    import shutil
+
+    from data_pipeline import generate_ddpm
+    from data_pipeline.cli import run_main
+    from data_pipeline.smoke import tiny_unet
+
+    model, out = tmp_path / "cond", tmp_path / "shards"
+    tiny_unet(model, num_class_embeds=10, seed=0)
+    argv = [f"--model={model}", "--num-images=20", "--shard-size=10", "--steps=2",
+            f"--out={out}", "--no-progress"]
+    spec = generate_ddpm.build_spec(generate_ddpm.parse_args(argv))
+    generate_ddpm.generate(spec, out, use_ray=False, progress=False)
+    (out / "shard-000001.tar").unlink()
+    shutil.copytree(model, tmp_path / "copy")
+    tiny_unet(model, num_class_embeds=10, seed=1)  # retrained in place: same path, same config
+    before = sorted(p.name for p in out.iterdir())
+    assert run_main("generate_ddpm", generate_ddpm.main, argv) == 2
+    assert "was generated with model_sha256=" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+    copy = generate_ddpm.build_spec(generate_ddpm.parse_args(
+        [a.replace(str(model), str(tmp_path / "copy")) for a in argv]))
+    assert copy.model_sha256 == spec.model_sha256  # the same weights elsewhere: the same model
+    _, made = generate_ddpm.generate(copy, out, use_ray=False, progress=False)
+    assert made == [1]  # resumed: only the missing shard

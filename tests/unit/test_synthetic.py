@@ -275,3 +275,15 @@ def test_concat_refuses_other_shapes():
     with pytest.raises(ValueError, match="data.synthetic"):
         concat_batches((torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2)),
                        (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("resident", [False, True])
+def test_pinned_and_resident_loaders_on_cuda_match_the_host_batches(synth, resident):
+    """The pinned double buffer (reused only after its copy) and the GPU-resident array."""
+    loader = SyntheticLoader(synth, 64, seed=1, rank=0, device="cuda", resident=resident)
+    got = [(x.cpu(), y.cpu()) for x, y in loader.steps(0, 12)]  # more steps than buffers
+    for step, (images, labels) in enumerate(got):
+        ref = synth.batch(step, 64, seed=1, rank=0)
+        assert torch.equal(images, ref[0]) and torch.equal(labels, ref[1])

@@ -12,6 +12,7 @@ No Ray here: `adr_scale.tune` runs the search; this module parses, validates and
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,22 +322,68 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
     if space.scheduler == "asha" and space.grace_period > space.epochs:
         _fail(source, f"scheduler.grace_period: {space.grace_period} exceeds budget.epochs="
                       f"{space.epochs}")
+    _check_types(space)
     _check_materialises(space)
     return space
 
 
+def _check_types(space: SearchSpace) -> None:
+    """A float distribution on an int field samples 2.37 epochs: fails in a trial, not here."""
+    for p in space.params:
+        section, _, key = p.field.partition(".")
+        hint = _field_types(_field_types(RunConfig)[section])[key]
+        kind = next((t for t in (bool, int, float, str) if t is hint or t in typing.get_args(hint)),
+                    None)
+        allowed = {bool: ("categorical",), str: ("categorical",),
+                   int: ("categorical", "int"), float: DISTRIBUTIONS}.get(kind, DISTRIBUTIONS)
+        if p.distribution not in allowed:
+            _fail(space.source, f"params.{p.field}.distribution: {p.distribution!r} samples "
+                                f"non-integers for the {kind.__name__} field {p.field}; "
+                                f"allowed: {', '.join(allowed)}")
+
+
+def _extremes(p: Param) -> list[Any]:
+    """Every value a parameter can reach at an end of its range, or every choice."""
+    if p.distribution == "categorical":
+        return list(p.choices)
+    if p.distribution == "int":
+        return sorted({int(p.low), int(p.high)})
+    return sorted({p.low, p.high})
+
+
 def _check_materialises(space: SearchSpace) -> None:
-    """Build the trial config at the low end of every range, so bad fixed values or ranges that
-    break the config's own validation fail now, not in the first trial."""
-    low = {p.name: (p.choices[0] if p.distribution == "categorical" else
-                    (int(p.low) if p.distribution == "int" else p.low)) for p in space.params}
-    try:
-        space.trial_config(low)
-        space.long_run_config(low)
-        if space.warm_start:
-            space.trial_config(space.warm_start_params())
-    except ConfigError as exc:
-        _fail(space.source, f"the space gives an invalid config: {exc}")
+    """Build and validate the trial and best.yaml configs at both ends of every range and at every
+    choice (the others at their low end), at all the high ends together, and at the warm start,
+    so a value that breaks the config fails now, not in trial 17 after Ray has started."""
+    low = {p.name: _extremes(p)[0] for p in space.params}
+    points = [("the low ends", low)]
+    for p in space.params:
+        points += [(f"{p.name}={v!r}", low | {p.name: v}) for v in _extremes(p)[1:]]
+    points.append(("the high ends", {p.name: _extremes(p)[-1] for p in space.params}))
+    if space.warm_start:
+        points.append(("warm_start", space.warm_start_params()))
+    for where, params in points:
+        try:
+            space.trial_config(params)
+            space.long_run_config(params)
+        except ConfigError as exc:
+            _fail(space.source, f"the space gives an invalid config: {exc} (at {where})")
+    if space.warm_start:
+        _check_warm_start(space)
+
+
+def _check_warm_start(space: SearchSpace) -> None:
+    """The warm start is a point of the space: Optuna would otherwise run it outside the ranges."""
+    for p, value in zip(space.params, space.warm_start_params().values(), strict=True):
+        inside = (value in p.choices if p.distribution == "categorical"
+                  else isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and p.low - 1e-12 <= value <= p.high + 1e-12)
+        if not inside:
+            what = f"the gap above {p.above} is {value!r}" if p.above else f"{value!r}"
+            rng = (", ".join(map(repr, p.choices)) if p.distribution == "categorical"
+                   else f"[{p.low:g}, {p.high:g}]")
+            _fail(space.source, f"warm_start.{p.field}: {what}, outside the searched range; "
+                                f"allowed: {rng}")
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -288,3 +288,50 @@ def test_generate_ddpm_identifies_the_model_by_its_weights(diffusers_imported, t
     assert copy.model_sha256 == spec.model_sha256  # the same weights elsewhere: the same model
     _, made = generate_ddpm.generate(copy, out, use_ray=False, progress=False)
     assert made == [1]  # resumed: only the missing shard
+
+
+# -- item 7: every bound, every choice and the warm start are checked before Ray starts ------
+
+
+def _space(**changes):
+    import yaml
+
+    from adr_scale.search_space import parse_space
+
+    raw = yaml.safe_load((Path(__file__).parents[2] / "search_spaces" / "smoke.yaml").read_text())
+    for key, value in changes.items():
+        if key == "params":  # an added parameter: the shipped warm start no longer covers it
+            raw["params"] |= value
+            raw["warm_start"] = None
+        else:
+            raw[key] = value
+    return parse_space(raw, source="s.yaml")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"params": {"attack.steps": {"distribution": "uniform", "low": 1, "high": 5}}},
+     r"params.attack.steps.distribution: 'uniform' samples non-integers for the int field "
+     r"attack.steps; allowed: categorical, int"),
+    ({"params": {"model.activation": {"distribution": "categorical",
+                                      "choices": ["relu", "silu", "gelu"]}}},
+     r"invalid config: model.activation: invalid value 'gelu'.* \(at model.activation='gelu'\)"),
+    ({"params": {"attack.eval_steps": {"distribution": "int", "low": 0, "high": 4}}},
+     r"invalid config: attack.eval_steps: invalid value 0.* \(at the low ends\)"),
+    ({"params": {"attack.eps": {"distribution": "uniform", "low": 0.01, "high": 1.5}}},
+     r"invalid config: attack.eps: invalid value 1.5.* \(at attack.eps=1.5\)"),
+    ({"params": {"adr.tau_end": {"distribution": "uniform", "low": 1.0, "high": 3.0},
+                 "adr.tau_start": {"distribution": "uniform", "low": 1.0, "high": 2.0}}},
+     r"invalid config: adr.tau_end: 3.0 is above adr.tau_start=1.0.* \(at adr.tau_end=3.0\)"),
+])
+def test_space_fails_before_ray_at_any_bound_or_choice(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        _space(**changes)
+
+
+def test_warm_start_outside_the_space_is_refused():
+    warm = {"adr.tau_start": 2.5, "adr.tau_end": 2.0, "adr.lambda_start": 0.95,
+            "adr.lambda_end": 0.97}
+    with pytest.raises(ConfigError, match=r"warm_start.adr.lambda_start: 0.95, outside the "
+                                          r"searched range; allowed: \[0.3, 0.9\]"):
+        _space(warm_start=warm)
+    assert _space().warm_start["adr.lambda_start"] == 0.7  # the shipped space is fine

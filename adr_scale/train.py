@@ -109,6 +109,26 @@ def check_scaling(cfg: RunConfig, workers: int, gpus: float, max_failures: int) 
                           "CPU kernel); set --gpus-per-worker or train.sync_batchnorm=false")
 
 
+BN_PER_RANK_MIN = 64  # images per rank below which per-rank BatchNorm statistics get noisy
+BN_FREE_ARCHS = ("tiny_nonorm",)  # architectures without BatchNorm
+
+
+def batchnorm_note(cfg: RunConfig, workers: int, gpus: float) -> str | None:
+    """A one-line note when DDP ranks normalise small shares of the batch, else None.
+
+    Each rank's BatchNorm sees only batch / workers images (16 for batch 128 on 8 GPUs), not the
+    paper's single-GPU 128: noisier statistics and another effective regularisation. SyncBatchNorm
+    restores whole-batch statistics at one all-reduce per BN layer and forward (README).
+    """
+    per_rank = cfg.train.batch_size // max(workers, 1)
+    if (workers <= 1 or gpus <= 0 or cfg.train.sync_batchnorm or per_rank >= BN_PER_RANK_MIN
+            or cfg.model.arch in BN_FREE_ARCHS):
+        return None
+    return (f"train.batch_size={cfg.train.batch_size} on {workers} workers leaves {per_rank} "
+            f"images per rank for BatchNorm statistics (the paper normalises over the whole "
+            f"batch on one GPU); consider --set train.sync_batchnorm=true")
+
+
 # ---------------------------------------------------------------------------------------------
 # The per-worker loop (runs in every Ray Train worker process)
 
@@ -439,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.out:
             raise ConfigError("--out: missing; name the run directory, e.g. --out runs/smoke")
         check_scaling(cfg, args.workers, args.gpus_per_worker, args.max_failures)
+        note = batchnorm_note(cfg, args.workers, args.gpus_per_worker)
+        if note:  # once per run, before anything starts
+            print(f"note: {note}", file=sys.stderr)
         out = Path(args.out)
         if args.workers == 0:
             from adr_scale.engine import fit  # torch is imported only when there is work to do

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -139,6 +140,9 @@ def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}: invalid value {value!r}; allowed: {allowed}")
 
 
+_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "digits": 8, "tinyimagenet200": 64}  # pixels
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every field a user can get wrong; raise ConfigError with one line on the first."""
     d, m, a, r, w, o, t = cfg.data, cfg.model, cfg.attack, cfg.adr, cfg.awp, cfg.optim, cfg.train
@@ -147,7 +151,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("data.val_size", d.val_size, d.val_size >= 1, "an integer >= 1"),
         ("data.synthetic_fraction", d.synthetic_fraction, 0.0 <= d.synthetic_fraction < 1.0,
          "a number in [0, 1)"),
-        ("data.crop_padding", d.crop_padding, d.crop_padding >= 0, "an integer >= 0"),
+        ("data.crop_padding", d.crop_padding, 0 <= d.crop_padding <= _IMAGE_SIZE.get(d.dataset, 64),
+         f"an integer in [0, {_IMAGE_SIZE.get(d.dataset, 64)}] (the image size of {d.dataset})"),
         ("data.tar_reader", d.tar_reader, d.tar_reader in ("fast", "webdataset"),
          "fast, webdataset"),
         ("data.synthetic_device", d.synthetic_device, d.synthetic_device in ("cpu", "cuda"),
@@ -166,13 +171,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("adr.tau_end", r.tau_end, r.tau_end > 0.0, "a temperature > 0"),
         ("adr.lambda_start", r.lambda_start, 0.0 <= r.lambda_start <= 1.0, "a number in [0, 1]"),
         ("adr.lambda_end", r.lambda_end, 0.0 <= r.lambda_end <= 1.0, "a number in [0, 1]"),
-        ("adr.ema_decay", r.ema_decay, 0.0 <= r.ema_decay < 1.0, "a number in [0, 1)"),
+        ("adr.ema_decay", r.ema_decay, 0.0 < r.ema_decay < 1.0, "a number in (0, 1)"),
         ("awp.gamma", w.gamma, w.gamma >= 0.0, "a number >= 0"),
         ("awp.proxy_lr", w.proxy_lr, w.proxy_lr > 0.0, "a number > 0"),
         ("awp.warmup_epochs", w.warmup_epochs, w.warmup_epochs >= 0, "an integer >= 0"),
         ("optim.lr", o.lr, o.lr > 0.0, "a number > 0"),
         ("optim.schedule", o.schedule, o.schedule in SCHEDULES, ", ".join(SCHEDULES)),
-        ("optim.warmup_epochs", o.warmup_epochs, 0.0 <= o.warmup_epochs <= t.epochs,
+        # with train.epochs itself invalid, that (checked below) is the error to report
+        ("optim.warmup_epochs", o.warmup_epochs, t.epochs < 1 or 0.0 <= o.warmup_epochs <= t.epochs,
          f"a number in [0, train.epochs={t.epochs}]"),
         ("optim.momentum", o.momentum, 0.0 <= o.momentum < 1.0, "a number in [0, 1)"),
         ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a number >= 0"),
@@ -185,7 +191,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("train.trades_attack", t.trades_attack, t.trades_attack in TRADES_ATTACKS,
          ", ".join(TRADES_ATTACKS)),
         ("train.precision", t.precision, t.precision in PRECISIONS, ", ".join(PRECISIONS)),
-        ("train.device", t.device, t.device in ("auto", "cpu") or t.device.startswith("cuda"),
+        ("seed", cfg.seed, 0 <= cfg.seed < 2**62, "an integer in [0, 2**62)"),  # + rank offsets
+        ("data.split_seed", d.split_seed, 0 <= d.split_seed < 2**62, "an integer in [0, 2**62)"),
+        ("train.device", t.device, re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
          "auto, cpu, cuda or cuda:N"),
         ("train.log_every", t.log_every, t.log_every >= 1, "an integer >= 1"),
         ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 1,
@@ -211,6 +219,10 @@ def validate(cfg: RunConfig) -> RunConfig:
             if min(t0, t1) <= 0 or not (0 <= l0 <= 1 and 0 <= l1 <= 1):
                 raise ConfigError(f"adr.segments: invalid value {r.segments!r}; temperatures "
                                   "must be > 0 and lambdas in [0, 1]")
+    if d.synthetic and t.batch_size >= 1 and round(d.synthetic_fraction * t.batch_size) == 0:
+        raise ConfigError(f"data.synthetic_fraction: {d.synthetic_fraction} of train.batch_size "
+                          f"{t.batch_size} draws no synthetic image; allowed: a number in (0, 1) "
+                          "with data.synthetic set, or data.synthetic=null")
     if t.method == "standard" and (r.enabled or w.enabled):
         raise ConfigError("train.method: 'standard' trains without an attack; "
                           "set adr.enabled=false and awp.enabled=false")
@@ -309,10 +321,14 @@ def dump_yaml(cfg: RunConfig, path: str | Path | None = None) -> str:
 def read_yaml_file(path: str | Path, flag: str) -> Any:
     """yaml.safe_load a user's file; a missing file or bad syntax is one ConfigError line."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag}: {str(p)!r} is a directory; allowed: a YAML file")
     if not p.is_file():
         raise ConfigError(f"{flag}: file {str(p)!r} does not exist")
     try:
         return yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:  # a binary file, e.g. a checkpoint passed as --config
+        raise ConfigError(f"{flag}: {str(p)!r} is not a text YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -84,7 +84,15 @@ class TrainState:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} but this machine has no usable GPU; allowed "
+                          "here: cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {name!r} but this machine has "
+                          f"{torch.cuda.device_count()} GPUs; allowed: cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def build_model(cfg: RunConfig, info: DatasetInfo) -> nn.Module:

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adr_scale.attacks import pgd_linf
+from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, RunConfig, to_dict
 from adr_scale.data import (
     DATASET_INFO,
@@ -207,6 +208,9 @@ def load_model(path: str | Path, which: str | None = None, device: str | torch.d
 
 def load_test_set(cfg: RunConfig, data_root: str | None, n_examples: int | None) -> ArrayDataset:
     """The first n images of the test split (never validation or training images)."""
+    if data_root is not None and cfg.data.dataset == "digits":
+        raise ConfigError(f"--data-root: {data_root!r} is not read: digits is bundled with "
+                          "scikit-learn; drop --data-root")
     data_cfg = replace(cfg.data, root=data_root) if data_root is not None else cfg.data
     try:
         test = load_splits(data_cfg).test
@@ -929,7 +933,7 @@ def load_exported(directory: str | Path, device: str | torch.device = "cpu") -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m adr_scale.evaluate", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)

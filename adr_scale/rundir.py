@@ -6,6 +6,8 @@ a rerun of the same command finds the latest checkpoint and continues from it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -22,15 +24,31 @@ EXECUTOR_FILE = "executor.json"  # where this run's checkpoints live (see RunDir
 _EPOCH_FILE = re.compile(r"epoch-(\d+)\.pt$")
 
 
+@contextlib.contextmanager
+def _no_space_is_one_line(tmp: Path):
+    """A full disk or quota is the user's to fix: one line naming the place, no torn file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"--out: no space left on {str(tmp.parent)!r} (writing "
+                          f"{tmp.name.removeprefix('.').removesuffix('.tmp')}); free some space "
+                          "and rerun the same command to resume") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    with _no_space_is_one_line(tmp):
+        tmp.write_text(text)
     os.replace(tmp, path)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
+    with _no_space_is_one_line(tmp), tmp.open("wb") as f:
+        torch.save(obj, f)  # through a Python file, so a full disk is an OSError with its errno
     os.replace(tmp, path)
 
 

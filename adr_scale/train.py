@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adr_scale.cli import OneLineParser
 from adr_scale.config import (
     PRESETS,
     ConfigError,
@@ -44,7 +45,7 @@ DIVERGED_FILE = ".diverged"  # the workers' divergence line, handed to the drive
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m adr_scale.train", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()

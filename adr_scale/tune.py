@@ -28,12 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, to_dict
 from adr_scale.search_space import CLEAN_METRIC, METRIC, DefineByRun, SearchSpace, load_space
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m adr_scale.tune", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default="search_spaces/smoke.yaml",
@@ -257,6 +258,8 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     storage = storage_path or str(out / "ray")
     experiment = f"{storage.rstrip('/')}/{space.name}"
     optuna_url = optuna_storage or f"sqlite:///{out / 'optuna.db'}"
+    if resume and not tune.Tuner.can_restore(experiment):  # refuse before starting Ray
+        raise ConfigError(f"--resume: no search to resume in {experiment!r}")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
         local_cpus = None if address else max(os.cpu_count() or 1,
@@ -269,8 +272,6 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         print(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
-    elif resume:
-        raise ConfigError(f"--resume: no search to resume in {experiment!r}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         (out / "space.json").write_text(json.dumps(_space_record(space), indent=2) + "\n")

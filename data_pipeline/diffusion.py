@@ -163,7 +163,12 @@ class Labeler:
         info = DATASET_INFO[cfg.data.dataset]
         self.weights = "ema" if cfg.train.wa else "model"
         self.model = build_model(cfg, info)
-        self.model.load_state_dict(ckpt[self.weights])
+        try:
+            self.model.load_state_dict(ckpt[self.weights])
+        except (KeyError, RuntimeError) as exc:  # weights of another architecture or size
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise ConfigError(f"--labeler: {path!r}: its {self.weights} weights do not fit "
+                              f"model.arch={cfg.model.arch!r} of its config ({first})") from None
         self.model.to(device).eval()
         self.device = device
         self.num_classes = info.num_classes

@@ -335,3 +335,128 @@ def test_warm_start_outside_the_space_is_refused():
                                           r"searched range; allowed: \[0.3, 0.9\]"):
         _space(warm_start=warm)
     assert _space().warm_start["adr.lambda_start"] == 0.7  # the shipped space is fine
+
+
+# -- items 10 and 12: one `error:` line, exit status 2, nothing written -------------------
+
+
+def _write_cifar(root: Path, batch: bytes) -> None:
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / name).write_bytes(batch)
+
+
+def _cifar_bytes(kind: str) -> bytes:
+    import pickle
+
+    import numpy as np
+
+    good = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2]}, protocol=2)
+    return {"truncated": good[: len(good) // 2],
+            "list": pickle.dumps([1, 2, 3], protocol=2),
+            "label": pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 12]},
+                                  protocol=2)}[kind]
+
+
+def _setup_case(case: str, tmp: Path) -> tuple[list[str], Path]:
+    """(train CLI arguments, --out) of one bad-input case; files it needs are made here."""
+    out, extra = tmp / "run", []
+    if case == "out_is_file":
+        out.write_text("x")
+    elif case == "out_under_file":
+        (tmp / "f").write_text("x")
+        out = tmp / "f" / "run"
+    elif case == "corrupt_config_yaml":
+        out.mkdir()
+        (out / "config.yaml").write_bytes(b"\x80\x81\x00\xff")
+        (out / "metrics.jsonl").write_text('{"epoch": 1}\n')  # a run with progress
+    elif case == "binary_config":
+        (tmp / "c.yaml").write_bytes(b"\x80PK\x03\x04\x00\xff")
+        extra = ["--config", str(tmp / "c.yaml")]
+    elif case == "config_is_dir":
+        extra = ["--config", str(tmp)]
+    elif case.startswith("cifar_"):
+        _write_cifar(tmp / "data", _cifar_bytes(case.removeprefix("cifar_")))
+        extra = ["--set", "data.dataset=cifar10", "--set", f"data.root={tmp / 'data'}"]
+    return extra, out
+
+
+TRAIN_CASES = {  # case: (--set overrides, what the one line must name)
+    # item 10
+    "out_is_file": ([], r"--out: '.*/run' is a file"),
+    "out_under_file": ([], r"--out: cannot write to '.*/f/run' \(Not a directory\)"),
+    "corrupt_config_yaml": ([], r"--out: '.*/run/config.yaml' is not a config written by"),
+    "binary_config": ([], r"--config: '.*/c.yaml' is not a text YAML file"),
+    "malformed_device": (["train.device=cuda:x"], r"train.device: invalid value 'cuda:x'"),
+    "seed_above_2_63": (["seed=18446744073709551616"], r"seed: invalid value 18446744073709551616"),
+    "cifar_truncated": ([], r"data.root: '.*data_batch_1' is not a CIFAR batch pickle"),
+    "cifar_list": ([], r"data.root: '.*data_batch_1' holds a list, not the dict"),
+    "cifar_label": ([], r"data.root: '.*data_batch_1' has label 12; allowed: 0 to 9"),
+    "absurd_crop_padding": (["data.crop_padding=1000"],
+                            r"data.crop_padding: invalid value 1000; allowed: an integer in \[0, 8\]"),
+    # item 12
+    "epochs_zero": (["train.epochs=0"], r"train.epochs: invalid value 0"),
+    "synthetic_fraction_zero": (["data.synthetic=/nowhere", "data.synthetic_fraction=0"],
+                                r"data.synthetic_fraction: 0.*draws no synthetic image"),
+    "config_is_dir": ([], r"--config: '.*' is a directory; allowed: a YAML file"),
+    "ema_decay_zero": (["adr.ema_decay=0"], r"adr.ema_decay: invalid value 0.*\(0, 1\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_train_bad_input_is_one_line_exit_2_and_writes_nothing(digits, case, tmp_path, capsys):
+    import re
+
+    overrides, message = TRAIN_CASES[case]
+    extra, out = _setup_case(case, tmp_path)
+    before, existed = _snapshot(tmp_path), out.exists()
+    args = (["--preset", "smoke"] if "--config" not in extra else []) + extra
+    args += ["--out", str(out), "--workers", "0", "--no-progress", "--set", "train.device=cpu"]
+    for item in overrides:
+        args += ["--set", item]
+    assert train_cli.main(args) == 2
+    assert re.search(message, _error_line(capsys)), message
+    assert _snapshot(tmp_path) == before and out.exists() == existed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line(digits, tmp_path, capsys):
+    assert _cli(tmp_path / "run", "train.device=cuda") == 2
+    assert "train.device: 'cuda' but this machine has no usable GPU" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()  # the lock's directory is removed again
+
+
+def test_argparse_errors_are_one_line(capsys):
+    for main in (train_cli.main, ev.main):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--run", "x", "--bogus"] if main is ev.main else ["--bogus"])
+        assert exit_.value.code == 2
+        assert _error_line(capsys).startswith("error: unrecognized arguments: --bogus (see ")
+
+
+def test_tune_resume_without_a_search_refuses_before_ray(tmp_path, capsys):
+    import ray
+
+    from adr_scale import tune
+
+    space = Path(__file__).parents[2] / "search_spaces" / "smoke.yaml"
+    assert tune.main(["--space", str(space), "--resume", "--out", str(tmp_path / "s")]) == 2
+    assert "--resume: no search to resume in" in _error_line(capsys)
+    assert not ray.is_initialized() and not (tmp_path / "s").exists()
+
+
+def test_evaluate_checks_final_before_writing_and_refuses_data_root_for_digits(
+        digits, tmp_path, capsys):
+    state = build_state(_cfg(), digits.info, len(digits.train), torch.device("cpu"))
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(checkpoint_state(state), run / "best.pt")
+    (run / "final.pt").write_bytes(b"not a checkpoint")
+    assert ev.main(["--run", str(run), "--attacks", "clean", "--no-progress"]) == 2
+    assert f"--run: '{run / 'final.pt'}' is not a PyTorch checkpoint" in _error_line(capsys)
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "final.pt"]  # no eval/
+    assert ev.main(["--checkpoint", str(run / "best.pt"), "--data-root", "/data",
+                    "--attacks", "clean", "--no-progress"]) == 2
+    assert "--data-root: '/data' is not read: digits is bundled" in _error_line(capsys)
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "final.pt"]

@@ -86,3 +86,40 @@ def test_batch_that_does_not_split_is_refused(tmp_path):
                                           r"workers; use a multiple of 3, e.g. 63 or 66"):
         launch(get_preset("smoke"), tmp_path / "r", workers=3, progress=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.timeout(240)
+def test_diverged_ray_run_stops_once_with_one_line(ray_cluster, tmp_path):
+    """Issue 14 item 1 on Ray: the workers report the divergence instead of raising, so Ray does
+    not restart them (max_failures=3 would rerun a run that diverges again) and nothing is saved."""
+    import time
+
+    from adr_scale.runguard import TrainingDiverged
+    from adr_scale.train import launch
+
+    cfg = apply_overrides(get_preset("smoke"), ["train.device=cpu", "optim.lr=1e6",
+                                                "train.log_every=2"])
+    start = time.monotonic()
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 6 \(epoch 1\): loss "
+                                               r"nan, lr 3.333e\+05"):
+        launch(cfg, tmp_path / "nan", workers=2, max_failures=3, progress=False)
+    assert time.monotonic() - start < 120
+    assert not any((tmp_path / "nan" / n).exists() for n in ("best.pt", "final.pt", ".diverged"))
+
+
+def test_ray_run_dir_refuses_another_config_and_the_in_process_path(two_worker_run):
+    """Issue 14 items 2 and 3 on Ray: the Ray checkpoint's config counts without config.yaml, and
+    --workers 0 on a Ray run directory is refused before anything is written."""
+    from adr_scale.config import ConfigError
+    from adr_scale.train import launch
+
+    out, _ = two_worker_run
+    (out / "config.yaml").unlink()
+    other = apply_overrides(get_preset("smoke"), [*EXACT, "optim.lr=0.05"])
+    best = (out / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"another config \(differs in optim.lr\) according to "
+                                          r"its Ray checkpoint epoch-0002"):
+        launch(other, out, workers=2, progress=False)
+    with pytest.raises(ConfigError, match=r"--workers: .* was trained on Ray \(--workers >= 1\)"):
+        fit(apply_overrides(get_preset("smoke"), EXACT), out, progress=False)
+    assert (out / "best.pt").read_bytes() == best and not (out / "checkpoints").exists()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,10 +45,27 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps: fl
     else:
         delta = torch.zeros_like(x)
     delta = (x + delta).clamp(0.0, 1.0) - x  # (B, C, H, W)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = soft_cross_entropy(model(x + delta), target)
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
-        delta = (x + delta).clamp(0.0, 1.0) - x
+    with frozen(model):
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = soft_cross_entropy(model(x + delta), target)
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+            delta = (x + delta).clamp(0.0, 1.0) - x
     return (x + delta).detach()
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters with requires_grad off for the attack: autograd then builds only the input
+    gradient's graph. Eager mode skips weight gradients anyway when asked for delta's alone, but a
+    torch.compile'd model traces its backward with every input that requires grad: without this
+    an attack pass costs a full forward+backward (FACTS.md: 1.02 vs 0.69 of one, ResNet-18)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)

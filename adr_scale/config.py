@@ -26,6 +26,7 @@ ACTIVATIONS = ("relu", "silu")
 METHODS = ("at", "standard", "trades")
 SCHEDULES = ("cyclic", "piecewise")
 PRECISIONS = ("bf16", "fp32")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # torch._dynamo.list_backends() + debug ones
 TRADES_ATTACKS = ("official", "zhang")
 
 
@@ -111,9 +112,10 @@ class TrainConfig:
     #                               official (yuyuwu5/ADR: train mode, 0.001 U[0,1) start, one
     #                               clean+adv forward); the TRADES presets use official
     wa: bool = False  # select and report the EMA (weight-averaged) model, "+WA" in Table 2
-    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
-    channels_last: bool = False  # NHWC memory layout on CUDA
+    precision: str = "fp32"  # fp32 | bf16 (autocast on the run's device)
+    channels_last: bool = False  # NHWC memory layout (for GPUs; runs on the CPU too)
     compile: bool = False  # torch.compile the model
+    compile_backend: str = "inductor"  # torch.compile backend; aot_eager: the same graphs, no codegen (tests)
     sync_batchnorm: bool = False  # SyncBatchNorm across workers (CUDA only; Ray Train runs)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 50  # steps between progress-bar loss updates (each is one host sync)
@@ -191,6 +193,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("train.trades_attack", t.trades_attack, t.trades_attack in TRADES_ATTACKS,
          ", ".join(TRADES_ATTACKS)),
         ("train.precision", t.precision, t.precision in PRECISIONS, ", ".join(PRECISIONS)),
+        ("train.compile_backend", t.compile_backend, t.compile_backend in COMPILE_BACKENDS,
+         ", ".join(COMPILE_BACKENDS)),
         ("seed", cfg.seed, 0 <= cfg.seed < 2**62, "an integer in [0, 2**62)"),  # + rank offsets
         ("data.split_seed", d.split_seed, 0 <= d.split_seed < 2**62, "an integer in [0, 2**62)"),
         ("train.device", t.device, re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,

@@ -111,7 +111,7 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     set_bn_momentum(model, cfg.model.bn_momentum)  # a first-step value is set by _objective
     model = model.to(device)
-    if cfg.train.channels_last and device.type == "cuda":
+    if cfg.train.channels_last:  # NHWC: faster convolutions on tensor cores; also runs on CPU
         model = model.to(memory_format=torch.channels_last)
     ema = EMATeacher(model, cfg.adr.ema_decay)
     params: Any = model.parameters()
@@ -124,8 +124,8 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
                                 weight_decay=cfg.optim.weight_decay)
     awp = (AdversarialWeightPerturbation(model, cfg.awp.gamma, cfg.awp.proxy_lr)
            if cfg.awp.enabled else None)
-    if cfg.train.compile:
-        model = torch.compile(model)
+    if cfg.train.compile:  # graphs are cached per train/eval mode and frozen/unfrozen parameters
+        model = torch.compile(model, backend=cfg.train.compile_backend)
     spe, total = schedule_length(cfg, n_train)
     rank, _ = rank_and_world()
     if rank > 0:  # rank 0 keeps the single-process stream; other ranks draw their own noise
@@ -158,7 +158,8 @@ def schedule_values(state: TrainState) -> tuple[float, float, float]:
 
 
 def autocast(state: TrainState) -> contextlib.AbstractContextManager:
-    enabled = state.cfg.train.precision == "bf16" and state.device.type == "cuda"
+    """bf16 autocast on the run's device (CUDA; on the CPU too, so tests cover it)."""
+    enabled = state.cfg.train.precision == "bf16"
     return torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
@@ -214,7 +215,7 @@ def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor) ->
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     x = augment(to_float(images), cfg.data.crop_padding, cfg.data.flip)  # (B, C, H, W) in [0, 1]
-    if cfg.train.channels_last and state.device.type == "cuda":
+    if cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     state.model.train()
     with autocast(state):
@@ -393,7 +394,12 @@ def open_synthetic(cfg: RunConfig, info: DatasetInfo, rank: int = 0, world_size:
     if not cfg.data.synthetic:
         return None
     from adr_scale.config import ConfigError
-    from adr_scale.data.synthetic import SyntheticLoader, SyntheticSet, describe_shards, mixed_batch_sizes
+    from adr_scale.data.synthetic import (
+        SyntheticLoader,
+        SyntheticSet,
+        describe_shards,
+        mixed_batch_sizes,
+    )
 
     _, synth_rank = mixed_batch_sizes(cfg.train.batch_size, cfg.data.synthetic_fraction, world_size)
     _, num_classes, shape = describe_shards(cfg.data.synthetic)

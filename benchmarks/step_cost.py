@@ -9,6 +9,7 @@ Examples:
   python benchmarks/step_cost.py                                    # CPU: resnet18, batch 16
   python benchmarks/step_cost.py --device cuda --batch-size 128 --precision bf16 --channels-last
   python benchmarks/step_cost.py --arch tiny --dataset digits --batch-size 64 --rounds 20
+  python benchmarks/step_cost.py --compile --variants AT   # compiled vs eager AT, CPU: minutes to compile
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the student; also times the eager AT step in the same run")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated subset of " + ", ".join(VARIANTS) + " (AT is always timed)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds; default 20 CUDA, 3 CPU")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", help="also write the results (with config and git revision) here")
@@ -91,11 +95,11 @@ def make_passes(cfg: RunConfig, device: torch.device) -> dict[str, Callable[[], 
     state = build_state(cfg, info, n_train=50_000, device=device)
     x = torch.rand(cfg.train.batch_size, info.in_channels, info.image_size, info.image_size,
                    device=device)
-    if cfg.train.channels_last and device.type == "cuda":
+    if cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, info.num_classes, (cfg.train.batch_size,), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16,
-                         enabled=cfg.train.precision == "bf16" and device.type == "cuda")
+                         enabled=cfg.train.precision == "bf16")
 
     def fwd_bwd() -> None:
         state.model.train()
@@ -124,8 +128,13 @@ def main() -> None:
     device = resolve_device(args.device)
     rounds = args.rounds or (20 if device.type == "cuda" else 3)
     cfg = base_config(args, device)
-    fns = {name: make_step(apply_overrides(cfg, ov), device) for name, ov in VARIANTS.items()}
+    chosen = ["AT"] + [v for v in args.variants.split(",") if v in VARIANTS and v != "AT"]
+    fns = {name: make_step(apply_overrides(cfg, VARIANTS[name]), device) for name in chosen}
     fns |= make_passes(cfg, device)
+    if args.compile:  # the same step uncompiled, timed in the same rounds
+        eager = apply_overrides(cfg, ["train.compile=false"])
+        fns["AT eager"] = make_step(apply_overrides(eager, VARIANTS["AT"]), device)
+        fns["fwd+bwd eager"] = make_passes(eager, device)["fwd+bwd"]
     for _ in range(args.warmup):
         for fn in fns.values():
             fn()
@@ -141,17 +150,20 @@ def main() -> None:
     print(f"device {name}  arch {args.arch}  batch {cfg.train.batch_size}  {args.precision}"
           f"{'  channels_last' if args.channels_last else ''}{'  compile' if args.compile else ''}"
           f"  median of {rounds} rounds")
-    for key in (*VARIANTS, "fwd+bwd", "fwd"):
+    for key in fns:
         lo, hi = spread[key]
-        print(f"  {key:12s} {med[key] * 1e3:10.2f} ms  (min {lo * 1e3:.2f}, max {hi * 1e3:.2f})"
-              + (f"  {cfg.train.batch_size / med[key]:9.0f} img/s" if key in VARIANTS else ""))
-    ratios = {
-        "ADR/AT": med["AT+ADR"] / med["AT"],
-        "TRADES+ADR/TRADES": med["TRADES+ADR"] / med["TRADES"],
-        "AWP+ADR/AWP": med["AT+AWP+ADR"] / med["AT+AWP"],
-        "AT/ideal(11 fb)": med["AT"] / ideal_at,
-        "AT+ADR/ideal(11 fb + 1 f)": med["AT+ADR"] / ideal_adr,
-    }
+        print(f"  {key:14s} {med[key] * 1e3:10.2f} ms  (min {lo * 1e3:.2f}, max {hi * 1e3:.2f})"
+              + (f"  {cfg.train.batch_size / med[key]:9.0f} img/s" if "fwd" not in key else ""))
+    ratios = {"AT/ideal(11 fb)": med["AT"] / ideal_at}
+    for name, num, den in (("ADR/AT", "AT+ADR", "AT"), ("TRADES+ADR/TRADES", "TRADES+ADR", "TRADES"),
+                           ("AWP+ADR/AWP", "AT+AWP+ADR", "AT+AWP")):
+        if num in med and den in med:
+            ratios[name] = med[num] / med[den]
+    if "AT+ADR" in med:
+        ratios["AT+ADR/ideal(11 fb + 1 f)"] = med["AT+ADR"] / ideal_adr
+    if args.compile:
+        ratios["AT compiled/eager"] = med["AT"] / med["AT eager"]
+        ratios["AT eager/ideal eager(11 fb)"] = med["AT eager"] / (11 * med["fwd+bwd eager"])
     for key, value in ratios.items():
         print(f"  ratio {key:28s} {value:.3f}")
     if args.json:

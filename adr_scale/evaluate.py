@@ -49,6 +49,7 @@ from adr_scale.data import (
 from adr_scale.engine import build_model, config_of, nonfinite_tensors, resolve_device
 from adr_scale.models import create_model
 from adr_scale.rundir import atomic_write_text
+from adr_scale.runguard import check_writable
 
 DEFAULT_ATTACKS = ("clean", "pgd10", "autoattack")
 AUTOATTACK_VERSIONS = {"autoattack": "standard", "autoattack-plus": "plus"}
@@ -981,6 +982,9 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 def run_cli(args: argparse.Namespace) -> None:
     opts = options_from_args(args)
+    for flag, where in (("--out", args.out), ("--export", args.export)):
+        if where:
+            check_writable(where, flag)
     if args.run:
         section = evaluate_run(args.run, args.out, opts)
         print(test_markdown(section))

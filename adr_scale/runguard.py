@@ -113,3 +113,20 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Refuse an output directory that cannot be created or written, without writing anything:
+    a file, a path under a file, a read-only file system or a directory without permission."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag}: {str(path)!r} is a file; allowed: a directory")
+    probe = path
+    while not probe.exists():  # the nearest existing ancestor is where the first write lands
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{flag}: cannot write to {str(path)!r} ({str(probe)!r} is a file); "
+                          "allowed: a writable directory")
+    if not os.access(probe, os.W_OK | os.X_OK):  # also false on a read-only mount, even as root
+        raise ConfigError(f"{flag}: cannot write to {str(path)!r} ({str(probe)!r} is read-only "
+                          "or not writable by this user); allowed: a writable directory")

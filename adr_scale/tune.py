@@ -30,6 +30,7 @@ from typing import Any
 
 from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, to_dict
+from adr_scale.runguard import RunLock
 from adr_scale.search_space import CLEAN_METRIC, METRIC, DefineByRun, SearchSpace, load_space
 
 
@@ -297,11 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(args.space)
         num, conc = check_args(args, space)
         out = Path(args.out or f"runs/search-{space.name}")
-        best = run_search(space, out, num_samples=num, max_concurrent=conc,
-                          workers=args.workers_per_trial, gpus=args.gpus_per_worker,
-                          cpus=args.cpus_per_worker, address=args.address,
-                          storage_path=args.storage_path, optuna_storage=args.optuna_storage,
-                          resume=args.resume)
+        with RunLock(out):  # one search per output directory; a file or read-only --out fails here
+            best = run_search(space, out, num_samples=num, max_concurrent=conc,
+                              workers=args.workers_per_trial, gpus=args.gpus_per_worker,
+                              cpus=args.cpus_per_worker, address=args.address,
+                              storage_path=args.storage_path, optuna_storage=args.optuna_storage,
+                              resume=args.resume)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

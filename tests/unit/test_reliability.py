@@ -460,3 +460,20 @@ def test_evaluate_checks_final_before_writing_and_refuses_data_root_for_digits(
                     "--attacks", "clean", "--no-progress"]) == 2
     assert "--data-root: '/data' is not read: digits is bundled" in _error_line(capsys)
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "final.pt"]
+
+
+def test_unwritable_outputs_of_tune_and_evaluate_are_one_line(digits, tmp_path, capsys):
+    from adr_scale import tune
+
+    (tmp_path / "f").write_text("x")
+    space = Path(__file__).parents[2] / "search_spaces" / "smoke.yaml"
+    assert tune.main(["--space", str(space), "--out", str(tmp_path / "f")]) == 2
+    assert f"--out: '{tmp_path / 'f'}' is a file" in _error_line(capsys)
+    state = build_state(_cfg(), digits.info, len(digits.train), torch.device("cpu"))
+    torch.save(checkpoint_state(state), tmp_path / "best.pt")
+    for flag in ("--out", "--export"):
+        assert ev.main(["--checkpoint", str(tmp_path / "best.pt"), flag, str(tmp_path / "f" / "x"),
+                        "--attacks", "clean", "--no-progress"]) == 2
+        assert (f"{flag}: cannot write to '{tmp_path / 'f' / 'x'}' ('{tmp_path / 'f'}' is a file)"
+                in _error_line(capsys))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "f"]

@@ -1,15 +1,20 @@
 """Sampling a diffusers UNet, pseudo-labelling, and producing one shard. Ray is not imported here:
 the driver (generate_ddpm.py) wraps `shard_task` with ray.remote.
 
-Every sample's noise comes from its own torch.Generator seeded by (seed, global index), created on
-the CPU whatever the device, so a sample does not depend on which worker, node or batch produced
-it. A shard is cut into batches from its own first index, so the same --batch-size reproduces a
-shard byte for byte. (Batched float kernels round a little differently at other batch sizes: the
-images then differ by at most 1 in about 1e-5 of their pixels; see docs/data.md.)
+Every sample's noise (initial and, for DDPM, every ancestral step's) comes from its own
+torch.Generator seeded by (seed, global index) and created on the device that samples, so a sample
+does not depend on which worker, node or batch produced it, and no noise crosses the host-device
+link. CPU and CUDA generators give different streams for the same seed: images made on a GPU
+differ from CPU ones (both are samples of the model), so the manifest records the noise device and
+a resume on the other one is refused. A shard is cut into batches from its own first index, so
+the same --batch-size reproduces a shard byte for byte. (Batched float kernels round a little
+differently at other batch sizes: the images then differ by at most 1 in about 1e-5 of their
+pixels; see docs/data.md.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Callable, Iterator
@@ -23,6 +28,10 @@ from adr_scale.config import ConfigError
 from data_pipeline.shards import make_row, sha256_file, shard_name, write_shard
 
 SCHEDULERS = ("ddim", "ddpm")
+# --precision: the UNet's autocast dtype (None: plain fp32). The scheduler's arithmetic and its
+# noise stay float32 whatever the UNet runs in.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+NOISE_DEVICES = ("cpu", "cuda")
 DEFAULT_DDIM_STEPS = 100
 LABEL_BATCH = 256  # the labeller sees fixed chunks from the shard start, whatever --batch-size is
 MAX_ROUNDS = 64  # --balance: candidate rounds per shard before giving up (fixes the index layout)
@@ -46,13 +55,19 @@ class GenerateSpec:
     num_classes: int
     conditional: bool  # the UNet takes class_labels (num_class_embeds set)
     image_shape: tuple[int, int, int]  # (C, H, W)
+    noise_device: str = "cpu"  # cpu | cuda: where the per-sample generators draw (streams differ)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the UNet's autocast dtype
+    # Operational: these change float rounding only (as the batch size does), not the noise.
     batch_size: int = field(default=256, compare=False)  # images per UNet forward
+    channels_last: bool = field(default=False, compare=False)  # UNet weights and input NHWC
+    cudnn_benchmark: bool = field(default=True, compare=False)  # CUDA: time conv algorithms once
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run that wrote the directory."""
         d = asdict(self)
         # These may differ between runs; the model and labeller count by their digests.
-        for key in ("num_images", "batch_size", "labeler", "model"):
+        for key in ("num_images", "batch_size", "labeler", "model", "channels_last",
+                    "cudnn_benchmark"):
             d.pop(key)
         d["image_shape"] = list(d["image_shape"])
         return d
@@ -189,13 +204,15 @@ _CACHE: dict[tuple, Any] = {}  # per worker process: models survive from one sha
 
 
 def _pipeline(spec: GenerateSpec, device: torch.device):
-    key = ("unet", spec.model, spec.scheduler, spec.steps, str(device))
+    key = ("unet", spec.model, spec.scheduler, spec.steps, str(device), spec.channels_last)
     if key not in _CACHE:
         from diffusers import UNet2DModel
 
         sub, _, sched_cfg = locate_model(spec.model)
         unet = UNet2DModel.from_pretrained(spec.model, subfolder=sub, low_cpu_mem_usage=False)
         unet = unet.to(device).eval()
+        if spec.channels_last:  # cuDNN's tensor-core convolutions want NHWC (no transposes)
+            unet = unet.to(memory_format=torch.channels_last)
         _CACHE[key] = (unet, make_scheduler(spec.scheduler, sched_cfg, spec.steps))
     return _CACHE[key]
 
@@ -213,19 +230,43 @@ def _labeler(spec: GenerateSpec, device: torch.device) -> Labeler | None:
 # Sampling
 
 
+def noise_generators(indices: list[int], seed: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per sample, on the sampling device, seeded by (seed, index)."""
+    return [torch.Generator(device=device).manual_seed(noise_seed(seed, i)) for i in indices]
+
+
+def initial_noise(gens: list[torch.Generator], shape: tuple[int, int, int],
+                  device: torch.device) -> torch.Tensor:
+    """x_T: (B, C, H, W) float32 on `device`, row j drawn from gens[j] (on the generators' device,
+    which for the old CPU path is the host: then the rows are copied over)."""
+    rows = [torch.randn((1, *shape), generator=g, device=g.device) for g in gens]
+    return torch.cat(rows).to(device)
+
+
 @torch.no_grad()
 def sample(unet, scheduler, indices: list[int], seed: int, device: torch.device,
-           class_labels: torch.Tensor | None = None) -> torch.Tensor:
+           class_labels: torch.Tensor | None = None, *, precision: str = "fp32",
+           channels_last: bool = False, noise_device: str | None = None) -> torch.Tensor:
     """Images for global `indices`: uint8 (B, C, H, W) on the CPU. Ancestral noise (DDPM) uses the
-    same per-sample generators, so each image is a function of (seed, index) only."""
+    same per-sample generators, so each image is a function of (seed, index) only.
+
+    noise_device: where the generators live, by default `device` (no host RNG, no per-step copy);
+    "cpu" on a CUDA device is the old path (kept for the benchmark and for old directories)."""
     c, h, w = image_shape_of(unet.config)
-    gens = [torch.Generator().manual_seed(noise_seed(seed, i)) for i in indices]
-    x = torch.cat([torch.randn((1, c, h, w), generator=g) for g in gens]).to(device)  # (B, C, H, W)
-    x = x * scheduler.init_noise_sigma
+    gens = noise_generators(indices, seed, torch.device(noise_device or device.type))
+    x = initial_noise(gens, (c, h, w), device) * scheduler.init_noise_sigma  # (B, C, H, W)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = None if class_labels is None else class_labels.to(device)
+    dtype = PRECISIONS[precision]
     for t in scheduler.timesteps:
-        eps = unet(scheduler.scale_model_input(x, t), t, class_labels=y).sample
-        x = scheduler.step(eps, t, x, generator=gens).prev_sample
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            eps = unet(scheduler.scale_model_input(x, t), t, class_labels=y).sample
+        # float32 from here: the step's arithmetic, and the noise it draws in eps's dtype
+        x = scheduler.step(eps.float(), t, x, generator=gens).prev_sample
+    if not torch.isfinite(x).all():  # fp16 can overflow; never let NaN into a shard as pixels
+        raise ConfigError(f"--precision: {precision} gave non-finite images (indices {indices[0]}"
+                          f"..{indices[-1]}); allowed: bf16 (float32's range) or fp32")
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # [-1, 1] -> [0, 255]
 
 
@@ -240,7 +281,8 @@ def _labelled(spec: GenerateSpec, indices: range, device: torch.device,
     for start in range(0, len(indices), spec.batch_size):
         idx = list(indices[start:start + spec.batch_size])
         y = torch.tensor(idx) % spec.num_classes if spec.conditional else None
-        pending.append(sample(unet, scheduler, idx, spec.seed, device, y))
+        pending.append(sample(unet, scheduler, idx, spec.seed, device, y,
+                              precision=spec.precision, channels_last=spec.channels_last))
         progress(len(idx))
         have = sum(len(p) for p in pending)
         while have >= LABEL_BATCH or (have and start + spec.batch_size >= len(indices)):
@@ -321,12 +363,19 @@ def produce_shard(spec: GenerateSpec, k: int, out: str | Path, device: torch.dev
                     steps=spec.steps, seed=spec.seed, labeler=spec.labeler)
 
 
-def task_device(gpus: float) -> torch.device:
-    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+def task_device(spec: GenerateSpec) -> torch.device:
+    """The device the spec's noise was promised on; never a silent fallback to another one."""
+    if spec.noise_device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("this task was given a GPU but torch sees no CUDA device "
+                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); its "
+                           "images would come from CPU noise, which the manifest does not allow")
+    return torch.device(spec.noise_device)
 
 
-def shard_task(spec: GenerateSpec, k: int, out: str, counter, gpus: float) -> dict[str, Any]:
+def shard_task(spec: GenerateSpec, k: int, out: str, counter) -> dict[str, Any]:
     """The body of one Ray task: shard k, reporting generated images to the `counter` actor."""
-    torch.backends.cudnn.benchmark = False  # the same kernels every time: reproducible shards
-    return produce_shard(spec, k, out, task_device(gpus), progress=lambda n: counter.add.remote(n))
-
+    device = task_device(spec)
+    # cuDNN benchmark picks the fastest convolution per shape once per process: faster, but the
+    # pick may differ between processes, so a rerun matches only up to rounding (the flag's doc).
+    torch.backends.cudnn.benchmark = spec.cudnn_benchmark and device.type == "cuda"
+    return produce_shard(spec, k, out, device, progress=lambda n: counter.add.remote(n))

@@ -9,6 +9,8 @@ shard; the manifest is rewritten (atomically) after each finished shard.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -24,6 +26,7 @@ from data_pipeline.cli import Parser, positive_int, run_main
 from data_pipeline.diffusion import (
     DEFAULT_DDIM_STEPS,
     MAX_ROUNDS,
+    PRECISIONS,
     SCHEDULERS,
     GenerateSpec,
     Labeler,
@@ -49,6 +52,13 @@ from data_pipeline.shards import (
 )
 
 KIND = "generate_ddpm"
+# A custom resource that only the 8-GPU node type declares (cluster/gpu.yaml, one unit per GPU):
+# where the cluster has it, each task asks for as much of it as of GPUs, so generation lands on
+# those nodes and not on the 1-GPU search nodes.
+GENERATE_RESOURCE = "generate_gpu"
+# Identity fields older directories do not record, with the value their code had: noise was drawn
+# by CPU generators (on any device) and the UNet ran in float32.
+LEGACY_IDENTITY = {"noise_device": "cpu", "precision": "fp32"}
 
 
 def parse_args(argv: list[str] | None):
@@ -81,17 +91,31 @@ def parse_args(argv: list[str] | None):
                    help="--balance: generate until every class has this many times its share "
                         "(1 = only what the rarest class needs)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
-    p.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs per shard task")
+    p.add_argument("--gpus-per-task", type=float, default=None,
+                   help="GPUs per shard task (default: 1 if the Ray cluster has GPUs, else 0; "
+                        "printed). > 0 samples on CUDA with CUDA noise, 0 on the CPU: the two "
+                        "give different images, so a directory keeps the one it started with")
+    p.add_argument("--precision", choices=list(PRECISIONS), default=None,
+                   help="the UNet's autocast dtype (default: bf16 on GPUs, fp32 on the CPU); the "
+                        "sampler's arithmetic stays fp32. Part of the directory's identity")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC UNet weights and inputs (default: on with GPUs); rounding only")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                   help="let cuDNN time its convolution algorithms once per task (default: on); "
+                        "--no-cudnn-benchmark makes reruns on the same GPU type byte-identical")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
-def build_spec(args) -> GenerateSpec:
-    """Check every flag and read the model and labeller configs; writes nothing."""
+def build_spec(args, gpus_per_task: float | None = None) -> GenerateSpec:
+    """Check every flag and read the model and labeller configs; writes nothing.
+
+    gpus_per_task: the resolved --gpus-per-task (the driver looks at the Ray cluster when the flag
+    is not given); None takes the flag, or 0 (the CPU) without one."""
     if args.scheduler not in SCHEDULERS:
         raise ConfigError(f"--scheduler: {args.scheduler!r} is not a scheduler; allowed: "
                           + ", ".join(SCHEDULERS))
-    if args.gpus_per_task < 0:
+    if args.gpus_per_task is not None and args.gpus_per_task < 0:
         raise ConfigError(f"--gpus-per-task: {args.gpus_per_task} is negative; allowed: a number >= 0")
     if not 1.0 <= args.oversample <= MAX_ROUNDS / 4:
         raise ConfigError(f"--oversample: {args.oversample} is out of range; allowed: a number "
@@ -120,7 +144,19 @@ def build_spec(args) -> GenerateSpec:
         shard_size=args.shard_size, num_images=args.num_images, batch_size=args.batch_size,
         labeler=args.labeler, labeler_sha256=sha256_file(args.labeler) if args.labeler else None,
         balance=args.balance, oversample=args.oversample if args.balance else 1.0,
-        num_classes=num_classes, conditional=conditional, image_shape=shape)
+        num_classes=num_classes, conditional=conditional, image_shape=shape,
+        **placement(args, args.gpus_per_task if gpus_per_task is None else gpus_per_task))
+
+
+def placement(args, gpus_per_task: float | None) -> dict[str, Any]:
+    """Device-dependent spec fields. bf16 is the GPU default: tensor-core speed like fp16, but
+    float32's exponent range, so no overflow can turn an image into NaN at 1M samples; the
+    sampler itself (scheduler arithmetic, noise) stays fp32 either way."""
+    gpu = (gpus_per_task or 0) > 0
+    return {"noise_device": "cuda" if gpu else "cpu",
+            "precision": args.precision or ("bf16" if gpu else "fp32"),
+            "channels_last": gpu if args.channels_last is None else args.channels_last,
+            "cudnn_benchmark": args.cudnn_benchmark}
 
 
 def _check_labeler(args, shape, conditional: bool, num_class_embeds: int | None) -> Labeler | None:
@@ -157,32 +193,47 @@ def _meta(spec: GenerateSpec) -> dict[str, Any]:
     return {"format": FORMAT, "kind": KIND, "num_shards": spec.num_shards,
             "num_images": spec.num_images, "num_classes": spec.num_classes,
             "image_shape": list(spec.image_shape), "spec": spec.identity(),
-            "batch_size": spec.batch_size}
+            "batch_size": spec.batch_size, "channels_last": spec.channels_last}
 
 
-def plan(spec: GenerateSpec, out: Path) -> tuple[Manifest, list[int]]:
-    """The manifest to continue from and the shards still to make. Raises before writing."""
+def check_resume(spec: GenerateSpec, out: Path, skip: tuple[str, ...] = ()) -> Manifest | None:
+    """The directory's manifest if `spec` may continue it (None: a new directory); raises a
+    one-line error otherwise. Reads the manifest only, so main runs it before Ray starts, with
+    `skip` = the fields that wait for the cluster (the device and its default precision)."""
     old = open_output(out)
     if old is None:
-        return Manifest(_meta(spec), {}), list(range(spec.num_shards))
+        return None
     if old.meta.get("kind") != KIND:
         raise ConfigError(f"--out: {out} holds shards made by {old.meta.get('kind')}; allowed: a "
                           "new directory, or one generate_ddpm wrote (to resume)")
-    mine, theirs = spec.identity(), old.meta["spec"]
+    mine, theirs = spec.identity(), {**LEGACY_IDENTITY, **old.meta["spec"]}
     for key in mine:
-        if mine[key] != theirs.get(key):
+        if key not in skip and mine[key] != theirs.get(key):
+            hint = (" (CPU and CUDA generators draw different noise: --gpus-per-task 0 samples "
+                    "on the CPU, > 0 on CUDA)" if key == "noise_device" else "")
             raise ConfigError(f"--out: {out} was generated with {key}={theirs.get(key)!r}, this run "
                               f"has {mine[key]!r}; allowed: the same settings (to resume) or a new "
-                              "--out")
+                              f"--out{hint}")
     beyond = sorted(n for n in old.rows if int(n[6:12]) >= spec.num_shards)
     if beyond:
         raise ConfigError(f"--num-images: {spec.num_images} needs {spec.num_shards} shards but {out} "
                           f"already holds {beyond[-1]}; allowed: at least "
                           f"{old.meta['num_images']} (what the directory was made for) or a new --out")
+    return old
+
+
+def plan(spec: GenerateSpec, out: Path) -> tuple[Manifest, list[int]]:
+    """The manifest to continue from and the shards still to make. Raises before writing."""
+    old = check_resume(spec, out)
+    if old is None:
+        return Manifest(_meta(spec), {}), list(range(spec.num_shards))
     if old.meta.get("batch_size") != spec.batch_size and old.rows:
         print(f"note: --batch-size {spec.batch_size} differs from the {old.meta.get('batch_size')} "
               "of the finished shards; new shards may differ from an uninterrupted run by float "
               "rounding (at most 1 in ~1e-5 of pixels)", file=sys.stderr)
+    if old.meta.get("channels_last", False) != spec.channels_last and old.rows:
+        print(f"note: channels_last={spec.channels_last} differs from the finished shards'; new "
+              "shards may differ from an uninterrupted run by float rounding", file=sys.stderr)
     rows: dict[str, dict[str, Any]] = {}
     todo = []
     for k in range(spec.num_shards):
@@ -221,29 +272,60 @@ def _adopt(spec: GenerateSpec, out: Path, k: int) -> dict[str, Any] | None:
 
 
 def _run_local(spec: GenerateSpec, out: Path, todo: list[int], bar: tqdm) -> Iterator[dict]:
-    device = task_device(1.0)
+    device = task_device(spec)
+    torch.backends.cudnn.benchmark = spec.cudnn_benchmark and device.type == "cuda"
     for k in todo:
         yield produce_shard(spec, k, out, device, progress=bar.update)
 
 
-def _run_ray(spec: GenerateSpec, out: Path, todo: list[int], bar: tqdm, address: str | None,
-             gpus: float) -> Iterator[dict]:
+def cluster_capacity() -> dict[str, float]:
+    """Resources the connected Ray cluster has now, or can start: an autoscaler that reports its
+    node types to the GCS (not every Ray version's does) adds what its idle types would bring."""
+    import ray
+
+    have = dict(ray.cluster_resources())
+    try:  # a private API (Ray Train reads it the same way); absent or empty on most clusters
+        from ray._private.state import state
+
+        declared = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - only a hint; the live resources still decide
+        declared = {}
+    for key, value in declared.items():
+        have[key] = max(have.get(key, 0.0), float(value))
+    return have
+
+
+def resolve_gpus(flag: float | None, capacity: dict[str, float]) -> tuple[float, str]:
+    """(--gpus-per-task, the line printed about it): the flag, else 1 where the cluster has GPUs."""
+    gpus = capacity.get("GPU", 0.0)
+    if flag is not None:
+        return flag, f"--gpus-per-task {flag:g} (given; the Ray cluster has {gpus:g} GPUs)"
+    chosen = 1.0 if gpus > 0 else 0.0
+    return chosen, (f"--gpus-per-task {chosen:g} (default: the Ray cluster has {gpus:g} GPUs"
+                    + ("" if gpus else "; on an autoscaling cluster whose GPU nodes are all down, "
+                       "pass --gpus-per-task 1") + ")")
+
+
+def task_resources(gpus: float, capacity: dict[str, float]) -> dict[str, float]:
+    """Custom resources each task asks for: GENERATE_RESOURCE where the cluster declares it."""
+    return {GENERATE_RESOURCE: gpus} if gpus > 0 and capacity.get(GENERATE_RESOURCE, 0) > 0 else {}
+
+
+def _run_ray(spec: GenerateSpec, out: Path, todo: list[int], bar: tqdm, gpus: float,
+             resources: dict[str, float]) -> Iterator[dict]:
     import ray
     from ray.exceptions import RayTaskError
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR",
-                 configure_logging=False)
     refs: list = []
     try:
         if gpus > 0 and ray.cluster_resources().get("GPU", 0) < gpus:
-            print(f"note: --gpus-per-task {gpus} but the Ray cluster has no such GPUs now; tasks "
+            print(f"note: --gpus-per-task {gpus:g} but the Ray cluster has no such GPUs now; tasks "
                   "wait until an autoscaler adds them", file=sys.stderr)
         # Both come from importable modules, so Ray pickles them by reference, not by value.
         counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
-        task = ray.remote(shard_task).options(num_cpus=1, num_gpus=gpus, max_retries=2)
-        refs = [task.remote(spec, k, str(out), counter, gpus) for k in todo]
+        task = ray.remote(shard_task).options(num_cpus=1, num_gpus=gpus, resources=resources,
+                                              max_retries=2)
+        refs = [task.remote(spec, k, str(out), counter) for k in todo]
         base, pending = bar.n, list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
@@ -258,14 +340,14 @@ def _run_ray(spec: GenerateSpec, out: Path, todo: list[int], bar: tqdm, address:
     finally:
         for ref in refs:
             ray.cancel(ref, force=True)
-        if started:
-            ray.shutdown()
 
 
 def generate(spec: GenerateSpec, out: str | Path, *, use_ray: bool = True,
-             address: str | None = None, gpus_per_task: float = 0.0,
+             gpus_per_task: float = 0.0, resources: dict[str, float] | None = None,
              progress: bool = True) -> tuple[Manifest, list[int]]:
-    """Make every missing shard of `spec` in `out`; returns (manifest, shards made this run)."""
+    """Make every missing shard of `spec` in `out`; returns (manifest, shards made this run).
+    With use_ray, Ray must be initialised (main does it) and gpus_per_task must match the spec."""
+    assert not use_ray or (gpus_per_task > 0) == (spec.noise_device == "cuda"), (gpus_per_task, spec)
     out = Path(out)
     manifest, todo = plan(spec, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,7 +360,7 @@ def generate(spec: GenerateSpec, out: str | Path, *, use_ray: bool = True,
     if not todo:
         rows: Iterator[dict] = iter(())
     elif use_ray:
-        rows = _run_ray(spec, out, todo, bar, address, gpus_per_task)
+        rows = _run_ray(spec, out, todo, bar, gpus_per_task, resources or {})
     else:
         rows = _run_local(spec, out, todo, bar)
     for row in rows:
@@ -289,17 +371,43 @@ def generate(spec: GenerateSpec, out: str | Path, *, use_ray: bool = True,
     return manifest, todo
 
 
-def main(argv: list[str] | None = None) -> int:
+PLACEMENT_FIELDS = ("noise_device", "precision")  # identity fields that depend on the GPUs
+
+
+def main(argv: list[str] | None = None, *, use_ray: bool = True) -> int:
+    """use_ray=False runs the shards in this process on --gpus-per-task's device (tests)."""
     args = parse_args(argv)
-    spec = build_spec(args)
+    spec = build_spec(args)  # every flag checked (and the configs read) before Ray starts
+    known = args.gpus_per_task is not None or not use_ray
+    check_resume(spec, Path(args.out), skip=() if known else PLACEMENT_FIELDS)
     start = time.perf_counter()
+    ray = None
+    if use_ray:
+        import ray
+
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=args.address, include_dashboard=False, logging_level="ERROR",
+                     configure_logging=False)
     try:
-        manifest, made = generate(spec, args.out, address=args.address,
-                                  gpus_per_task=args.gpus_per_task, progress=not args.no_progress)
+        capacity = cluster_capacity() if use_ray else {}
+        gpus, line = resolve_gpus(args.gpus_per_task, capacity) if use_ray else (
+            args.gpus_per_task or 0.0, "in-process")
+        resources = task_resources(gpus, capacity)
+        spec = dataclasses.replace(spec, **placement(args, gpus))
+        print(f"{line}; noise on {spec.noise_device}, UNet in {spec.precision}"
+              + (", channels_last" if spec.channels_last else "")
+              + (f"; tasks ask for {{{GENERATE_RESOURCE!r}: {gpus:g}}} (the 8-GPU node type)"
+                 if resources else ""), flush=True)  # stdout: stderr stays for notes and errors
+        manifest, made = generate(spec, args.out, use_ray=use_ray, gpus_per_task=gpus,
+                                  resources=resources, progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished shards are kept in {args.out}; rerun the same command "
               "to resume", file=sys.stderr)
         return 130
+    finally:
+        if ray is not None and started:
+            ray.shutdown()
     rows = manifest.rows.values()
     kept, generated = sum(r["count"] for r in rows), sum(r["generated"] for r in rows)
     print(f"{args.out}: {len(made)} shards made, {spec.num_shards - len(made)} already done; "

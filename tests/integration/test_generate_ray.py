@@ -24,7 +24,9 @@ N, SHARD, STEPS = 60, 10, 200  # 6 shards of a few seconds each: Ctrl-C lands mi
 def _argv(assets: dict, out: Path) -> list[str]:
     return ["--model", assets["unet"], "--labeler", assets["labeler"], "--num-images", str(N),
             "--shard-size", str(SHARD), "--steps", str(STEPS), "--batch-size", "8", "--seed", "3",
-            "--out", str(out), "--no-progress"]
+            "--out", str(out), "--no-progress",
+            # the in-process reference samples on the CPU; on a GPU host the default would be 1
+            "--gpus-per-task", "0"]
 
 
 def _files(directory: Path) -> dict[str, bytes]:

@@ -8,6 +8,7 @@ tests/integration/test_generate_ray.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import zipfile
 from pathlib import Path
@@ -232,15 +233,10 @@ def test_balance_fails_with_one_line_when_a_class_never_appears(assets, tmp_path
 
     monkeypatch.setattr(diffusion, "MAX_ROUNDS", 2)
     argv = _args(assets, tmp_path, labeler=assets["student"], num_images=20, balance=True)
-    monkeypatch.setattr(generate_ddpm, "generate", _local(generate_ddpm.generate))
-    assert run_main("generate_ddpm", generate_ddpm.main, argv) == 2
+    assert run_main("generate_ddpm", functools.partial(generate_ddpm.main, use_ray=False), argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--balance" in err and "shard-000000.tar" in err
     assert not list(tmp_path.glob("shard-*.tar"))
-
-
-def _local(fn):
-    return lambda *a, **kw: fn(*a, **{**kw, "use_ray": False})
 
 
 # ---------------------------------------------------------------------------------------------

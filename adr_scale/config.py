@@ -120,6 +120,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 50  # steps between progress-bar loss updates (each is one host sync)
     keep_checkpoints: int = 2  # epoch checkpoints kept in checkpoints/ besides best.pt and final.pt
+    val_every: int = 1  # epochs between validations; the last epoch and checkpoint epochs validate too
+    checkpoint_every: int = 1  # epochs between checkpoints (plus the last, and improved ones for best.pt)
+    checkpoint_minutes: float = 0.0  # and at least this long apart, minutes (rank 0's clock); 0: no floor
+    checkpoint_upload: str = "async"  # Ray runs: async (rank 0 uploads while training goes on) | sync
 
 
 @dataclass(kw_only=True)
@@ -200,6 +204,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("train.device", t.device, re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
          "auto, cpu, cuda or cuda:N"),
         ("train.log_every", t.log_every, t.log_every >= 1, "an integer >= 1"),
+        ("train.val_every", t.val_every, t.val_every >= 1, "an integer >= 1 (epochs)"),
+        ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 1,
+         "an integer >= 1 (epochs)"),
+        ("train.checkpoint_minutes", t.checkpoint_minutes, t.checkpoint_minutes >= 0,
+         "a number of minutes >= 0"),
+        ("train.checkpoint_upload", t.checkpoint_upload, t.checkpoint_upload in ("async", "sync"),
+         "async, sync"),
         ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 1,
          "an integer >= 1"),
     ]

@@ -483,32 +483,57 @@ def config_of(ckpt: dict[str, Any]) -> RunConfig:
 # ---------------------------------------------------------------------------------------------
 # The loop
 
-EpochHook = Callable[[TrainState, dict[str, Any], bool], None]
+EpochHook = Callable[[TrainState, dict[str, Any], bool, bool], None]
 
 
 def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epoch_end: EpochHook,
                *, until_epoch: int | None = None, bar: tqdm | None = None,
                synthetic=None) -> None:
-    """Train epoch by epoch from `state.epoch`; after each, call on_epoch_end(state, row, improved).
+    """Train epoch by epoch from `state.epoch`; after each, call
+    on_epoch_end(state, row, improved, save): `save` asks for a checkpoint (and `improved` for
+    best.pt, which implies one). Only validated epochs' rows carry val_* metrics.
 
+    Validation every train.val_every epochs and checkpoints every train.checkpoint_every epochs
+    (at least train.checkpoint_minutes apart) keep both off most epochs of a long run; the last
+    epoch (or until_epoch, where a later call continues) always validates and saves. Every rank
+    takes the same decisions (the minutes by rank 0's clock), since both are collectives.
     The same loop runs in-process (`fit`) and on every Ray Train worker (`adr_scale.train`).
     """
     rank, world = rank_and_world()
+    t = state.cfg.train
     stop = state.num_epochs if until_epoch is None else min(until_epoch, state.num_epochs)
     if synthetic is not None and rank == 0 and state.epoch < stop:
         (bar.write if bar is not None else print)(coverage_line(state, synthetic))
+    last_save = time.monotonic()
     while state.epoch < stop:
         start = time.perf_counter()
         row = {"epoch": state.epoch + 1, **train_epoch(state, train, bar, rank, world, synthetic)}
         check_weights_finite(state)  # before validation, best.pt and final.pt
-        row |= validate_models(state, val)
+        last = state.epoch + 1 == stop
+        due = (state.epoch + 1) % t.checkpoint_every == 0 and _rank0_says(
+            state, time.monotonic() - last_save >= 60 * t.checkpoint_minutes)
+        validated = last or due or (state.epoch + 1) % t.val_every == 0
+        if validated:
+            row |= validate_models(state, val)
         row |= {"step": state.step, "seconds": round(time.perf_counter() - start, 3)}
         state.epoch += 1
-        improved = row["val_robust_acc"] > state.best_robust_acc
+        improved = validated and row["val_robust_acc"] > state.best_robust_acc
         if improved:
             state.best_epoch, state.best_robust_acc = state.epoch, row["val_robust_acc"]
         state.history.append(row)
-        on_epoch_end(state, row, improved)
+        save = last or due or improved
+        on_epoch_end(state, row, improved, save)
+        if save:
+            last_save = time.monotonic()
+
+
+def _rank0_says(state: TrainState, flag: bool) -> bool:
+    """Rank 0's value of `flag` on every rank (one tiny all-reduce; nothing in one process)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return flag
+    value = torch.tensor(int(flag and rank == 0), device=state.device)
+    return bool(all_sum(value).item())
 
 
 def epoch_line(state: TrainState, row: dict[str, Any]) -> str:
@@ -566,20 +591,22 @@ def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
                unit="step", disable=not progress, dynamic_ncols=True)
     last_plot = [time.monotonic()]
 
-    def on_epoch_end(state: TrainState, row: dict[str, Any], improved: bool) -> None:
-        ckpt = checkpoint_state(state)
-        run.save_epoch(ckpt, state.epoch, cfg.train.keep_checkpoints)
-        if improved:
-            run.save(ckpt, "best.pt")
+    def on_epoch_end(state: TrainState, row: dict[str, Any], improved: bool, save: bool) -> None:
         finished = state.epoch == state.num_epochs
-        if finished:
-            run.save(ckpt, "final.pt")
+        if save:
+            ckpt = checkpoint_state(state)
+            run.save_epoch(ckpt, state.epoch, cfg.train.keep_checkpoints)
+            if improved:
+                run.save(ckpt, "best.pt")
+            if finished:
+                run.save(ckpt, "final.pt")
         plots = finished or time.monotonic() - last_plot[0] > PLOT_EVERY_S
         write_run_outputs(run.path, cfg, state.history, total_steps=state.total_steps,
                           steps_per_epoch=state.steps_per_epoch, finished=finished, plots=plots)
         if plots:
             last_plot[0] = time.monotonic()
-        bar.write(epoch_line(state, row))
+        if "val_robust_acc" in row:
+            bar.write(epoch_line(state, row))
 
     try:
         run_epochs(state, train, splits.val, on_epoch_end, until_epoch=until_epoch, bar=bar,

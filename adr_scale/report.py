@@ -18,10 +18,17 @@ from adr_scale.schedules import adr_schedule, learning_rate
 TEST_SECTION = "## Test set"  # written by adr_scale.evaluate; kept when summary.md is rewritten
 
 
+def validated(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The epochs that were validated (all of them unless train.val_every > 1)."""
+    return [r for r in rows if "val_robust_acc" in r]
+
+
 def summarize(rows: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
-    """Best (highest validation robust accuracy) and final epochs, as in the paper's Table 1."""
-    best = max(rows, key=lambda r: (r["val_robust_acc"], -r["epoch"]))
-    final = rows[-1]
+    """Best (highest validation robust accuracy) and final (last validated) epochs, as in the
+    paper's Table 1; `rows` must hold at least one validated epoch."""
+    val = validated(rows)
+    best = max(val, key=lambda r: (r["val_robust_acc"], -r["epoch"]))
+    final = val[-1]
     return {
         "selected_model": "ema" if cfg.train.wa else "student",
         "best_epoch": best["epoch"],
@@ -31,7 +38,7 @@ def summarize(rows: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
         "final_val_robust_acc": final["val_robust_acc"],
         "final_val_clean_acc": final["val_clean_acc"],
         "robust_overfitting_gap": best["val_robust_acc"] - final["val_robust_acc"],
-        "steps": final["step"],
+        "steps": rows[-1]["step"],
         "train_seconds": round(sum(r["seconds"] for r in rows), 1),
     }
 
@@ -42,6 +49,7 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 def _table_row(rows: list[dict[str, Any]], model: str) -> str:
     robust, clean = f"val_robust_acc_{model}", f"val_clean_acc_{model}"
+    rows = validated(rows)
     best = max(rows, key=lambda r: (r[robust], -r["epoch"]))
     final = rows[-1]
     cells = [best[robust], final[robust], best[robust] - final[robust],
@@ -99,7 +107,8 @@ def plot_learning_curves(path: Path, rows: list[dict[str, Any]]) -> None:
     for ax, key, title in ((axes[1], "val_clean_acc", "validation clean accuracy"),
                            (axes[2], "val_robust_acc", "validation robust accuracy (PGD)")):
         for model, style in (("student", "-"), ("ema", "--")):
-            ax.plot(epochs, [100 * r[f"{key}_{model}"] for r in rows], style,
+            ax.plot([r["epoch"] for r in validated(rows)],
+                    [100 * r[f"{key}_{model}"] for r in validated(rows)], style,
                     label="EMA (WA)" if model == "ema" else model)
         ax.set(title=title, xlabel="epoch", ylabel="%")
         ax.legend()
@@ -160,7 +169,7 @@ def write_run_outputs(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]],
     """Rewrite metrics.jsonl, summary.json, summary.md, TensorBoard and (if `plots`) the PNGs."""
     run_dir = Path(run_dir)
     write_metrics(run_dir, rows)
-    if not rows:
+    if not validated(rows):  # train.val_every > 1: nothing to summarise before the first one
         return {}
     summary = summarize(rows, cfg) | {"finished": finished}
     old = run_dir / "summary.json"

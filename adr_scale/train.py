@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -184,8 +185,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report({"diverged": str(exc)})
 
 
-def _report_epoch(state, row: dict[str, Any], improved: bool) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the checkpoint (state.pt + history.json)."""
+def _report_epoch(state, row: dict[str, Any], improved: bool, save: bool) -> None:
+    """Every rank reports (a barrier) after a validated or checkpoint epoch; rank 0 attaches the
+    checkpoint (state.pt + history.json) when `save`. With train.checkpoint_upload=async Ray
+    uploads it on a background thread and the next epoch starts at once."""
     import json
 
     import ray.train
@@ -193,18 +196,27 @@ def _report_epoch(state, row: dict[str, Any], improved: bool) -> None:
 
     from adr_scale.engine import checkpoint_state
 
-    ckpt = checkpoint_state(state)  # a collective: every rank contributes its RNG state
+    if not save and "val_robust_acc" not in row:
+        return  # an epoch with nothing to report (every rank decides alike)
+    ckpt = checkpoint_state(state) if save else None  # a collective: every rank's RNG state
     metrics = row | {"improved": improved, "num_epochs": state.num_epochs,
                      "total_steps": state.total_steps, "steps_per_epoch": state.steps_per_epoch}
-    if ray.train.get_context().get_world_rank() != 0:
+    if ray.train.get_context().get_world_rank() != 0 or ckpt is None:
         ray.train.report(metrics, checkpoint=None)
         return
-    with tempfile.TemporaryDirectory() as directory:
-        torch.save(ckpt, Path(directory) / STATE_FILE)
-        (Path(directory) / HISTORY_FILE).write_text(json.dumps(state.history))
-        (Path(directory) / CONFIG_FILE).write_text(json.dumps(ckpt["config"]))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"epoch-{state.epoch:04d}")
+    upload = (ray.train.CheckpointUploadMode.ASYNC if state.cfg.train.checkpoint_upload == "async"
+              else ray.train.CheckpointUploadMode.SYNC)
+    directory = Path(tempfile.mkdtemp(prefix="adr-scale-ckpt-"))  # async: Ray deletes it after upload
+    try:
+        torch.save(ckpt, directory / STATE_FILE)
+        (directory / HISTORY_FILE).write_text(json.dumps(state.history))
+        (directory / CONFIG_FILE).write_text(json.dumps(ckpt["config"]))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+                         checkpoint_dir_name=f"epoch-{state.epoch:04d}",
+                         checkpoint_upload_mode=upload)
+    finally:
+        if upload == ray.train.CheckpointUploadMode.SYNC:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _fault_injector(step: int, marker: str):

@@ -12,8 +12,10 @@
    next to the expectation 1 - exp(-draws/N).
 5. shard_npz peak RSS (VmHWM of a fresh process) at two file sizes, stored and deflated, next
    to np.load of the larger file and to the imports alone. Goal: flat in the file size.
-6. generation: images/s of the tiny random UNet (3x32x32, 42k parameters) on one CPU core, DDPM with
-   1000 steps versus DDIM with 100, a few images (it measures the pipeline, not a real model).
+6. generation: images/s of the tiny random UNet (3x32x32, 42k parameters; or --gen-model) on one
+   CPU core (or --gen-device cuda), the old sampler (per-sample CPU generators, noise copied to the
+   device, fp32) against the new one (generators on the device) in fp32, channels_last and bf16,
+   interleaved in one run; the per-step noise cost; DDPM-1000 versus DDIM-100.
 
 Examples:
   python benchmarks/data_throughput.py                      # all, about 10 minutes on 2 CPU cores
@@ -59,7 +61,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--memory-procs", type=int, default=4, help="processes mapping the cache")
     p.add_argument("--rss-sizes", type=int, nargs=2, default=[10000, 100000],
                    help="images in the two .npz files of the RSS benchmark (32x32x3)")
-    p.add_argument("--gen-images", type=int, default=8, help="images per scheduler")
+    p.add_argument("--gen-images", type=int, default=8, help="generation: images per batch")
+    p.add_argument("--gen-steps", type=int, default=100,
+                   help="generation: sampling steps of the old-vs-new comparison (DDIM and DDPM)")
+    p.add_argument("--gen-rounds", type=int, default=3, help="generation: timed rounds (median)")
+    p.add_argument("--gen-device", choices=["cpu", "cuda"], default="cpu",
+                   help="generation: where to sample (cuda: run where a GPU is lent)")
+    p.add_argument("--gen-model", default=None,
+                   help="generation: a diffusers pipeline directory (default: the tiny random UNet "
+                        "3x32x32; e.g. a local copy of google/ddpm-cifar10-32 on a GPU)")
+    p.add_argument("--gen-ddpm1000", action=argparse.BooleanOptionalAction, default=True,
+                   help="generation: also time DDPM with 1000 steps (new path) for the DDIM ratio")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results (with git revision) here")
     return p.parse_args()
@@ -338,29 +350,127 @@ def bench_rss(args, tmp: Path) -> dict:
 # 3. generation
 
 
-def bench_generate(args, tmp: Path) -> dict:
-    from data_pipeline.diffusion import locate_model, make_scheduler, sample
-    from data_pipeline.smoke import tiny_unet
+GEN_OLD_REV = "29db01c"  # the last commit whose sampler drew noise with CPU generators
 
-    tiny_unet(tmp / "unet", channels=3, size=32)
+
+def _old_sampler():
+    """data_pipeline.diffusion.sample as it was at GEN_OLD_REV: per-sample CPU generators, the
+    noise copied to the device (initial and every DDPM step), eager fp32, NCHW."""
+    import importlib.util
+
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{GEN_OLD_REV}:data_pipeline/diffusion.py"],
+                            capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "old_diffusion.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("old_diffusion", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["old_diffusion"] = module  # its dataclasses look their module up while defined
+    spec.loader.exec_module(module)
+    return module.sample
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_generate(args, tmp: Path) -> dict:
+    """Images/s of the old sampler against the new one, interleaved round by round in one run:
+    old (CPU generators, noise copied over, fp32 NCHW) vs new (generators on the sampling device)
+    in fp32, fp32 + channels_last and bf16 autocast; DDIM and DDPM (per-step noise) at
+    --gen-steps. Then the per-step noise cost alone for 256 images, old vs new, and (new path)
+    DDPM-1000 vs DDIM-100. Median of --gen-rounds; CPU-seconds on the CPU (the per-core figure,
+    less disturbed by other jobs), wall seconds with synchronisation on CUDA."""
     from diffusers import UNet2DModel
 
-    sub, _, sched_cfg = locate_model(str(tmp / "unet"))
-    unet = UNet2DModel.from_pretrained(str(tmp / "unet"), subfolder=sub,
-                                       low_cpu_mem_usage=False).eval()
+    from data_pipeline.diffusion import (
+        initial_noise,
+        locate_model,
+        make_scheduler,
+        noise_generators,
+        sample,
+    )
+    from data_pipeline.smoke import tiny_unet
+
+    device = torch.device(args.gen_device)
+    model = args.gen_model or str(tiny_unet(tmp / "unet", channels=3, size=32))
+    sub, unet_cfg, sched_cfg = locate_model(model)
+    unet = UNet2DModel.from_pretrained(model, subfolder=sub, low_cpu_mem_usage=False).to(device).eval()
+    unet_cl = UNet2DModel.from_pretrained(model, subfolder=sub, low_cpu_mem_usage=False)
+    unet_cl = unet_cl.to(device).eval().to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as shard_task does on CUDA
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    old_sample = _old_sampler()
     idx = list(range(args.gen_images))
-    res = {}
-    for name, steps in (("ddim", 100), ("ddpm", 1000)):
-        scheduler = make_scheduler(name, sched_cfg, steps)
-        sample(unet, scheduler, idx[:2], args.seed, torch.device("cpu"))  # warm-up
-        start = time.perf_counter()
-        sample(unet, scheduler, idx, args.seed, torch.device("cpu"))
-        res[f"{name}_{steps}_img_s"] = args.gen_images / (time.perf_counter() - start)
-    res["ratio_ddim100_over_ddpm1000"] = res["ddim_100_img_s"] / res["ddpm_1000_img_s"]
-    print(f"generation (tiny UNet 3x32x32, 1 core, batch {args.gen_images}): DDPM-1000 "
-          f"{res['ddpm_1000_img_s']:.2f} img/s, DDIM-100 {res['ddim_100_img_s']:.2f} img/s; ratio "
-          f"DDIM-100 / DDPM-1000 = {res['ratio_ddim100_over_ddpm1000']:.2f}")
+    variants = {  # name -> (sampler, unet, keyword arguments)
+        "old_fp32": (old_sample, unet, {}),
+        "new_fp32": (sample, unet, {}),
+        "new_fp32_channels_last": (sample, unet_cl, {"channels_last": True}),
+        "new_bf16": (sample, unet, {"precision": "bf16"}),
+    }
+
+    def timed(fn, *a, **kw) -> float:
+        _sync(device)
+        start = clock()
+        fn(*a, **kw)
+        _sync(device)
+        return clock() - start
+
+    res: dict = {"device": device.type, "model": args.gen_model or "tiny random UNet 3x32x32",
+                 "params": sum(p.numel() for p in unet.parameters()), "batch": args.gen_images,
+                 "steps": args.gen_steps, "rounds": args.gen_rounds,
+                 "clock": "cpu-seconds" if device.type == "cpu" else "wall-seconds",
+                 "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+    for name in ("ddim", "ddpm"):
+        scheduler = make_scheduler(name, sched_cfg, args.gen_steps)
+        for fn, net, kw in variants.values():  # warm-up (cuDNN benchmark, allocator, autocast)
+            fn(net, make_scheduler(name, sched_cfg, 2), idx, args.seed, device, **kw)
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(args.gen_rounds):  # interleaved: load drift hits every variant alike
+            for v, (fn, net, kw) in variants.items():
+                times[v].append(timed(fn, net, scheduler, idx, args.seed, device, **kw))
+        for v in variants:
+            res[f"{name}_{args.gen_steps}_{v}_img_s"] = args.gen_images / statistics.median(times[v])
+        for v in variants:
+            res[f"{name}_{args.gen_steps}_{v}_over_old"] = (
+                res[f"{name}_{args.gen_steps}_{v}_img_s"] / res[f"{name}_{args.gen_steps}_old_fp32_img_s"])
+
+    shape = (unet_cfg["in_channels"], *((unet_cfg["sample_size"],) * 2 if isinstance(
+        unet_cfg["sample_size"], int) else unet_cfg["sample_size"]))
+    noise = {"old": [], "new": []}
+    big = list(range(256))
+    for _ in range(max(args.gen_rounds, 5)):  # one step's draws for 256 images, then on device
+        noise["old"].append(timed(lambda: initial_noise(noise_generators(big, 0, CPU_DEVICE), shape, device)))
+        noise["new"].append(timed(lambda: initial_noise(noise_generators(big, 0, device), shape, device)))
+    res["noise_256_ms_old"] = 1000 * statistics.median(noise["old"])
+    res["noise_256_ms_new"] = 1000 * statistics.median(noise["new"])
+
+    if args.gen_ddpm1000:
+        t_ddpm = timed(sample, unet, make_scheduler("ddpm", sched_cfg, 1000), idx, args.seed, device)
+        t_ddim = timed(sample, unet, make_scheduler("ddim", sched_cfg, 100), idx, args.seed, device)
+        res["ddpm_1000_img_s"] = args.gen_images / t_ddpm
+        res["ddim_100_img_s"] = args.gen_images / t_ddim
+        res["ratio_ddim100_over_ddpm1000"] = t_ddpm / t_ddim
+
+    k = args.gen_steps
+    print(f"generation ({res['model']}, {res['params']:,} parameters, {device.type}"
+          + (f" {res['gpu']}" if res["gpu"] else ", 1 core") + f", batch {args.gen_images}, "
+          f"median of {args.gen_rounds} interleaved rounds, images per {res['clock'][:-1]}):")
+    for name in ("ddim", "ddpm"):
+        print(f"  {name.upper()}-{k}: " + ", ".join(
+            f"{v} {res[f'{name}_{k}_{v}_img_s']:.2f} img/s ({res[f'{name}_{k}_{v}_over_old']:.2f}x)"
+            for v in variants))
+    print(f"  per-step noise for 256 images: old {res['noise_256_ms_old']:.2f} ms (CPU generators"
+          f"{', copied to the GPU' if device.type == 'cuda' else ''}), new {res['noise_256_ms_new']:.2f} ms")
+    if args.gen_ddpm1000:
+        print(f"  new path: DDPM-1000 {res['ddpm_1000_img_s']:.2f} img/s, DDIM-100 "
+              f"{res['ddim_100_img_s']:.2f} img/s; ratio DDIM-100 / DDPM-1000 = "
+              f"{res['ratio_ddim100_over_ddpm1000']:.2f}")
     return res
+
+
+CPU_DEVICE = torch.device("cpu")
 
 
 def git_revision() -> str:

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from adr_scale.adr import _unwrap
+from adr_scale.distributed import average_gradients
 
 _EPS = 1e-20
 
@@ -41,10 +41,7 @@ class AdversarialWeightPerturbation:
         self.proxy.train()
         self.proxy_optimizer.zero_grad(set_to_none=True)
         (-loss_fn(self.proxy)).backward()
-        if dist.is_available() and dist.is_initialized():  # one perturbation for every rank
-            for p in self.proxy.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+        average_gradients(self.proxy)  # one perturbation for every rank, in one coalesced call
         self.proxy_optimizer.step()
         diff = {}
         proxy_params = dict(self.proxy.named_parameters())

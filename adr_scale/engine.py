@@ -41,7 +41,9 @@ from adr_scale.data import (
 from adr_scale.distributed import (
     all_sum,
     average_gradients,
+    batchnorm_sync,
     broadcast_buffers,
+    convert_sync_batchnorm,
     gather_objects,
     rank_and_world,
 )
@@ -107,8 +109,8 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
     if device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest kernels once
         torch.backends.cudnn.benchmark = True
     model = build_model(cfg, info)
-    if cfg.train.sync_batchnorm and rank_and_world()[1] > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.sync_batchnorm and rank_and_world()[1] > 1 and device.type == "cuda":
+        model = convert_sync_batchnorm(model)  # PyTorch syncs BatchNorm on GPUs only
     set_bn_momentum(model, cfg.model.bn_momentum)  # a first-step value is set by _objective
     model = model.to(device)
     if cfg.train.channels_last:  # NHWC: faster convolutions on tensor cores; also runs on CPU
@@ -228,11 +230,12 @@ def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor) ->
         awp_on = state.awp is not None and state.step >= cfg.awp.warmup_epochs * state.steps_per_epoch
         if awp_on:
             diff = state.awp.compute(state.model, loss_fn)
-            with perturbed(state.model, diff):
+            with perturbed(state.model, diff), batchnorm_sync(state.model):
                 loss = loss_fn(state.model)
                 loss.backward()  # gradient at the perturbed weights, applied to the originals
         else:
-            loss = loss_fn(state.model)
+            with batchnorm_sync(state.model):  # train.sync_batchnorm: this pass only
+                loss = loss_fn(state.model)
             loss.backward()
     average_gradients(state.model)  # no-op in one process
     state.optimizer.step()

@@ -61,19 +61,30 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(n // batch_size, 1)
 
 
+def _on(device: torch.device, t: torch.Tensor) -> torch.Tensor:
+    """An index tensor on the data's device: pinned and copied without blocking on a GPU, once
+    per permutation rather than per step (indexing a GPU tensor with a host index copies the
+    index synchronously)."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def train_batches(data: ArrayDataset, batch_size: int, seed: int, epoch: int,
-                  device: torch.device, start_step: int = 0,
-                  rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  device: torch.device, rank: int = 0, world_size: int = 1,
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images (b, C, H, W), labels (b,)) on `device`, b = batch_size / world_size.
 
     Rank r takes the r-th contiguous slice of every global batch, so the ranks' slices never overlap.
     """
-    order = epoch_permutation(len(data), seed, epoch)
+    order = _on(data.images.device, epoch_permutation(len(data), seed, epoch))
     per_rank = batch_size // world_size
-    for step in range(start_step, steps_per_epoch(len(data), batch_size)):
+    n = len(order)
+    for step in range(steps_per_epoch(n, batch_size)):
         idx = order[step * batch_size:(step + 1) * batch_size]
         if len(idx) < batch_size:  # fewer images than one batch: wrap around
-            idx = order[torch.arange(step * batch_size, (step + 1) * batch_size) % len(order)]
+            idx = order[torch.arange(step * batch_size, (step + 1) * batch_size,
+                                     device=order.device) % n]
         idx = idx[rank * per_rank:(rank + 1) * per_rank]
         yield data.images[idx].to(device, non_blocking=True), data.labels[idx].to(device)
 
@@ -83,21 +94,21 @@ def real_stream_batches(data: ArrayDataset, per_global: int, seed: int, start_st
                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The real part of mixed batches: step k takes positions [k * per_global, (k + 1) * per_global)
     of an endless sequence of permutations, so real images cycle at their own pace, independent
-    of the (CIFAR-equivalent) epoch, and resuming at any step replays the same images."""
+    of the (CIFAR-equivalent) epoch, and resuming at any step replays the same images. The
+    permutations move to the data's device once each; a step only slices them there."""
     n = len(data)
     per_rank = per_global // world_size
     perms: dict[int, torch.Tensor] = {}
     for step in range(start_step, start_step + num_steps):
-        positions = torch.arange(step * per_global, (step + 1) * per_global)
-        blocks, offsets = positions // n, positions % n
-        idx = torch.empty(per_global, dtype=torch.long)
-        for block in blocks.unique().tolist():
+        lo, hi = step * per_global, (step + 1) * per_global  # positions [lo, hi)
+        parts = []
+        for block in range(lo // n, (hi - 1) // n + 1):
             if block not in perms:  # keep only the permutations still in use
                 perms = {b: p for b, p in perms.items() if b >= block - 1}
-                perms[block] = epoch_permutation(n, seed, 1_000_000 + block)
-            here = blocks == block
-            idx[here] = perms[block][offsets[here]]
-        idx = idx[rank * per_rank:(rank + 1) * per_rank]
+                perms[block] = _on(data.images.device,
+                                   epoch_permutation(n, seed, 1_000_000 + block))
+            parts.append(perms[block][max(lo, block * n) - block * n:min(hi, (block + 1) * n) - block * n])
+        idx = torch.cat(parts)[rank * per_rank:(rank + 1) * per_rank]
         yield data.images[idx].to(device, non_blocking=True), data.labels[idx].to(device)
 
 

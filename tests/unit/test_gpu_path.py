@@ -107,3 +107,20 @@ def test_bf16_and_channels_last_reproduce_the_golden_losses(digits, overrides, r
         batches = train_batches(digits.train, cfg.train.batch_size, cfg.seed, 0, state.device)
         losses = [train_step(state, x, y).item() for x, y in itertools.islice(batches, 12)]
         assert losses == pytest.approx(golden[name], rel=rel, abs=absolute), (name, losses)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_side_indices_give_the_cpu_batches(digits):
+    """Permutations move to the GPU once; the batches are the CPU loader's, image for image."""
+    from adr_scale.data import ArrayDataset, real_stream_batches
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    on_gpu = ArrayDataset(digits.train.images.to(gpu), digits.train.labels.to(gpu))
+    for a, b in zip(train_batches(digits.train, 64, 3, 1, cpu), train_batches(on_gpu, 64, 3, 1, gpu),
+                    strict=True):
+        assert torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())
+    pairs = zip(real_stream_batches(digits.train, 700, 3, 5, 4, cpu, rank=1, world_size=2),
+                real_stream_batches(on_gpu, 700, 3, 5, 4, gpu, rank=1, world_size=2), strict=True)
+    for a, b in pairs:
+        assert torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())

@@ -9,6 +9,7 @@ installed Ray, the dashboard stays on the head's loopback, no credentials, truth
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -24,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"aws": ROOT / "cluster" / "gpu.yaml", "gcp": ROOT / "cluster" / "gcp-gpu.yaml"}
 STORAGE = {"aws": "s3://YOUR-BUCKET/adr-scale", "gcp": "gs://YOUR-BUCKET/adr-scale"}
 PLACEHOLDERS = {  # what a user fills in (docs/cluster.md); the repository never holds real names
-    "aws": ("YOUR-BUCKET", "fs-YOUR-EFS-ID", "ami-YOUR-DLAMI-ID", "YOUR-ORG"),
+    "aws": ("YOUR-BUCKET", "fs-YOUR-EFS-ID", "ami-YOUR-DLAMI-ID", "YOUR-ORG", "sg-YOUR-SG-ID",
+            "subnet-YOUR-P5-SUBNET-ID"),
     "gcp": ("YOUR-BUCKET", "YOUR-GCP-PROJECT", "YOUR-FILESTORE-IP", "YOUR-DLVM-FAMILY", "YOUR-ORG"),
 }
 RAY_PORTS = (6379, 8265, 10001)  # GCS, dashboard / job API, Ray client
@@ -36,6 +38,10 @@ MACHINES = {
     "p4d.24xlarge": (8, "A100"), "p5.48xlarge": (8, "H100"), "g6e.48xlarge": (8, "L40S"),
     "g2-standard-8": (1, "L4"), "a2-highgpu-1g": (1, "A100"), "a3-highgpu-8g": (8, "H100"),
 }
+# EFA devices (= network cards) per AWS instance type (EC2's EFA docs: P5 has 32 network cards,
+# 3200 Gbps; p4d 4): an EFA node type attaches one EFA interface per card.
+EFA_CARDS = {"p5.48xlarge": 32, "p4d.24xlarge": 4}
+SG = "sg-YOUR-SG-ID"
 
 SECRET_PATTERNS = {
     "AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
@@ -113,16 +119,122 @@ def test_dashboard_only_on_the_heads_loopback(cluster):
 
 
 def test_no_inbound_rule_opens_ray_ports(cluster):
-    _, _, _, prepared = cluster
+    provider, _, _, prepared = cluster
     rules = prepared["provider"].get("security_group", {}).get("IpPermissions", [])
     for rule in rules:
         everything = str(rule.get("IpProtocol")) == "-1"
         low, high = rule.get("FromPort", 0), rule.get("ToPort", 65535)
         opened = [p for p in RAY_PORTS if everything or low <= p <= high]
         assert not opened, f"security_group rule {rule} opens {opened}"
+    if provider == "gcp":
+        for name, node_type in prepared["available_node_types"].items():
+            assert "SecurityGroupIds" not in node_type["node_config"], name
+
+
+def _security_groups(node_config: dict[str, Any]) -> set[str]:
+    groups = set(node_config.get("SecurityGroupIds", []))
+    for interface in node_config.get("NetworkInterfaces", []):
+        groups |= set(interface.get("Groups", []))
+    return groups
+
+
+def test_aws_nodes_share_one_security_group_whose_rules_the_guide_gives():
+    """EFA interfaces must name their group (Ray then creates none), and nodes in different
+    groups could not reach each other: every node type names the same placeholder group, and
+    the guide creates it with self-referencing rules (EFA's requirement, the nodes' Ray traffic)
+    and SSH from one address only, so no Ray port is open to the outside."""
+    _, _, prepared = _load("aws")
     for name, node_type in prepared["available_node_types"].items():
-        assert "SecurityGroupIds" not in node_type["node_config"], (
-            f"{name}: a hand-picked security group bypasses the check above")
+        assert _security_groups(node_type["node_config"]) == {SG}, name
+    guide = (ROOT / "docs" / "cluster.md").read_text().replace("\\\n", " ")
+    rules = re.findall(r"aws ec2 authorize-security-group-(ingress|egress) ([^\n]+)", guide)
+    assert {d for d, _ in rules} == {"ingress", "egress"}, rules
+    for direction, args in rules:
+        self_rule = re.search(r"--protocol -1 --source-group \$SG\b", args)
+        ssh = re.search(r"--protocol tcp --port 22 --cidr \S+/32\b", args)
+        assert self_rule or (direction == "ingress" and ssh), f"{direction} {args}"
+    assert sum("--port 22" in a for _, a in rules) == 1
+
+
+def test_p5_nodes_attach_one_efa_per_network_card():
+    _, raw, prepared = _load("aws")
+    efa_types = {n: t for n, t in prepared["available_node_types"].items()
+                 if _machine(t) in EFA_CARDS}
+    assert efa_types, "a p5 node type for multi-node NCCL over EFA"
+    for name, node_type in efa_types.items():
+        conf = node_type["node_config"]
+        interfaces = conf["NetworkInterfaces"]
+        cards = sorted(i["NetworkCardIndex"] for i in interfaces)
+        assert cards == list(range(EFA_CARDS[_machine(node_type)])), f"{name}: one per card"
+        primary = [i for i in interfaces if i["NetworkCardIndex"] == 0]
+        assert primary == [{**primary[0], "DeviceIndex": 0, "InterfaceType": "efa"}], (
+            f"{name}: the primary interface carries IP (EFA with ENA)")
+        for i in interfaces:
+            if i["NetworkCardIndex"]:
+                assert (i["DeviceIndex"], i["InterfaceType"]) == (1, "efa-only"), i
+        assert len({i["SubnetId"] for i in interfaces}) == 1, "one subnet (one zone)"
+        assert conf.get("Placement", {}).get("GroupName"), "a cluster placement group"
+        # Ray's bootstrap refuses a subnet or group beside the interfaces and wants both in each
+        assert not {"SubnetId", "SubnetIds", "SecurityGroupIds"} & conf.keys(), name
+        assert all(i.get("SubnetId") and i.get("Groups") for i in interfaces), name
+        if importlib.util.find_spec("boto3"):  # Ray's own step, offline (it imports boto3)
+            from ray.autoscaler._private.aws.config import (
+                _configure_subnets_and_groups_from_network_interfaces as from_interfaces,
+            )
+            assert from_interfaces(conf)["SecurityGroupIds"] == [SG] * len(interfaces)
+            with pytest.raises(ValueError, match="ONLY be given in each NetworkInterface"):
+                from_interfaces({**conf, "SubnetId": "subnet-other"})
+        # the container sees every EFA device and may lock memory for RDMA registration
+        options = node_type["docker"]["worker_run_options"]
+        assert "--device=/dev/infiniband" in options and "--ulimit memlock=-1:-1" in options
+        # this type's list replaces setup_commands + worker_setup_commands: it repeats them
+        setup = node_type["worker_setup_commands"]
+        common = raw["setup_commands"] + raw.get("worker_setup_commands", [])
+        assert setup[:len(common)] == common
+        efa = " ".join(setup[len(common):])
+        assert "efa_installer.sh -y --skip-kmod --skip-limit-conf --no-verify" in efa
+        assert re.search(r"LD_LIBRARY_PATH=[^ ']*/opt/amazon/efa/lib", efa)
+        assert re.search(r"LD_LIBRARY_PATH=[^ ']*ofi-nccl/lib", efa), "NCCL finds the plugin"
+        for old_only in ("FI_EFA_USE_DEVICE_RDMA=1", "NCCL_PROTO=simple"):
+            assert f"export {old_only}" not in efa, f"{old_only}: aws-ofi-nccl <= 1.6 only"
+    others = " ".join(prepared["docker"]["run_options"])
+    assert "/dev/infiniband" not in others, "only EFA nodes have the devices"
+
+
+def test_node_local_disk_for_cache_and_staging():
+    """Instance-store NVMe at /opt/dlami/nvme on the host, /mnt/local in the container; Python's
+    temp dir (the synthetic cache's default, checkpoint staging) there, Ray's own in /tmp."""
+    _, raw, prepared = _load("aws")
+    options = prepared["docker"]["run_options"]
+    assert "--volume=/opt/dlami/nvme:/mnt/local" in options
+    assert "--env=TMPDIR=/mnt/local/tmp" in options and "--env=RAY_TMPDIR=/tmp" in options
+    init = " ".join(raw["initialization_commands"])
+    assert "mountpoint -q /opt/dlami/nvme" in init and "Instance Storage" in init
+    assert re.search(r"mkdir -p /opt/dlami/nvme/tmp", init)
+    for name, node_type in raw["available_node_types"].items():
+        assert "initialization_commands" not in node_type, f"{name} would skip the mounts"
+
+
+def test_generation_resource_only_on_the_8_gpu_types(cluster):
+    from data_pipeline.generate_ddpm import GENERATE_RESOURCE
+
+    provider, _, _, prepared = cluster
+    declared = {name: t["resources"].get(GENERATE_RESOURCE) for name, t in _workers(prepared).items()}
+    for name, node_type in _workers(prepared).items():
+        gpus = node_type["resources"]["GPU"]
+        assert declared[name] == (gpus if gpus == 8 else None), f"{provider}/{name}"
+    assert any(declared.values())
+
+
+def test_dockerfile_builds_on_the_clusters_image():
+    """The prebuilt image: the cluster's Ray image plus EFA user space and adr-scale."""
+    text = (ROOT / "cluster" / "Dockerfile").read_text()
+    image = yaml.safe_load(CONFIGS["aws"].read_text())["docker"]["image"]
+    assert re.search(rf"^FROM {re.escape(image)}$", text, re.MULTILINE)
+    assert "efa_installer.sh -y --skip-kmod --skip-limit-conf --no-verify" in text
+    assert re.search(r"^RUN pip install [^\n]* \.$", text, re.MULTILINE), "the project itself"
+    assert re.search(r'"ray\[[a-z,]+\]==' + re.escape(ray.__version__) + '"', text), "Ray pinned"
+    assert "ofi-nccl/lib" in text and "LD_LIBRARY_PATH" in text
 
 
 @pytest.mark.parametrize("pattern", sorted(SECRET_PATTERNS))

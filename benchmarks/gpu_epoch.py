@@ -10,17 +10,25 @@ How an epoch is timed: after --warmup steps (torch.compile compiles there), each
 of --repeats windows times --steps consecutive steps between two CUDA synchronisations;
 s/epoch = window seconds / steps x steps per epoch (50,000 // 128 = 390 full batches, the engine's
 epoch). --full-epoch times all 390 steps instead of extrapolating. Validation and checkpointing
-are not included. The paper's numbers (Table 6, one RTX A6000, batch 128) are printed beside ours;
-the goal for this project is <= 15 s per ResNet-18 epoch on one H100.
+are not included there. The paper's numbers (Table 6, one RTX A6000, batch 128) are printed beside
+ours; the goal for this project is <= 15 s per ResNet-18 epoch on one H100.
 
-On a machine without CUDA it says so and exits 0; --cpu-smoke runs two tiny steps per method on
-the CPU (tiny network, fp32) to prove the code path, and measures nothing worth comparing.
+--full-run also times one whole epoch of the DDPM setting as training runs it: batch 1024 with
+768 synthetic images per step drawn from a decoded cache (built from real shards first, timed
+too), the engine's train_epoch, validation of student and EMA on 1,000 images, and one checkpoint
+written to disk (seconds and MB), with cuDNN autotuning as the engine sets it.
+
+On a machine without CUDA it says so and exits 0; --cpu-smoke runs two tiny steps per method and
+setting on the CPU (tiny network; bf16, channels_last and torch.compile with the aot_eager
+backend, which traces the same graphs without generating code) to prove the code path, and
+measures nothing worth comparing.
 
 Examples:
   python benchmarks/gpu_epoch.py                                   # every method x setting
   python benchmarks/gpu_epoch.py --settings bf16+cl+compile --full-epoch --json h100.json
   python benchmarks/gpu_epoch.py --arch wrn34_10 --steps 20        # against Table 6's 575-695 s
-  python benchmarks/gpu_epoch.py --cpu-smoke                       # no GPU: exercise the path
+  python benchmarks/gpu_epoch.py --methods AT+ADR --settings bf16+cl --full-run --steps 20
+  python benchmarks/gpu_epoch.py --cpu-smoke --full-run            # no GPU: exercise the path
 """
 
 from __future__ import annotations
@@ -80,8 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20, help="untimed steps before the first window")
     p.add_argument("--repeats", type=int, default=3, help="timed windows per method and setting")
     p.add_argument("--full-epoch", action="store_true", help="time whole epochs (--steps = 390)")
-    p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="let cuDNN autotune convolutions (training does not, yet: this shows the gain)")
+    p.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on",
+                   help="cuDNN autotuning; training turns it on (build_state), off shows the gain")
+    p.add_argument("--full-run", action="store_true",
+                   help="also time one DDPM-setting epoch: synthetic cache, validation, checkpoint")
+    p.add_argument("--synthetic-images", type=int, default=20000,
+                   help="images in the shards of --full-run (the cache build is timed)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="no GPU: two tiny fp32 steps per method on the CPU (proves the code path)")
     p.add_argument("--json", help="write results, device, torch version, git revision, config here")
@@ -105,10 +117,11 @@ def _subset(parser: argparse.ArgumentParser, text: str, allowed: dict[str, Any],
 
 def run_config(args: argparse.Namespace, method: str, setting: str, device: torch.device,
                ) -> RunConfig:
+    backend = ["train.compile_backend=aot_eager"] if args.cpu_smoke else []
     return apply_overrides(get_preset("cifar10_resnet18_at"), [
         f"data.dataset={args.dataset}", f"model.arch={args.arch}", "train.method=at",
         f"train.batch_size={args.batch_size}", f"train.device={device}",
-        *METHODS[method], *SETTINGS[setting]])
+        *METHODS[method], *SETTINGS[setting], *backend])
 
 
 def random_epoch(args: argparse.Namespace, device: torch.device) -> ArrayDataset:
@@ -133,10 +146,11 @@ def sync(device: torch.device) -> None:
 
 
 def measure(cfg: RunConfig, data: ArrayDataset, device: torch.device, *, warmup: int, steps: int,
-            repeats: int) -> dict[str, Any]:
+            repeats: int, cudnn_benchmark: bool = True) -> dict[str, Any]:
     """Time `repeats` windows of `steps` train_step calls after `warmup` untimed ones."""
     info = DATASET_INFO[cfg.data.dataset]
     state = build_state(cfg, info, n_train=len(data), device=device)
+    torch.backends.cudnn.benchmark = cudnn_benchmark  # after build_state, which turns it on
     batches = endless_batches(data, cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -161,6 +175,63 @@ def measure(cfg: RunConfig, data: ArrayDataset, device: torch.device, *, warmup:
         "peak_memory_gib": (torch.cuda.max_memory_allocated(device) / 2**30
                             if device.type == "cuda" else None),
     }
+
+
+def measure_full_epoch(args: argparse.Namespace, method: str, setting: str, data: ArrayDataset,
+                       device: torch.device, tmp: Path) -> dict[str, Any]:
+    """One DDPM-setting epoch as training runs it: cache build, steps, validation, checkpoint."""
+    import numpy as np
+
+    from adr_scale.data.synthetic import SyntheticSet
+    from adr_scale.engine import (
+        checkpoint_state,
+        open_synthetic,
+        schedule_length,
+        train_epoch,
+        validate_models,
+    )
+    from data_pipeline.shard_npz import shard_npz
+
+    info = DATASET_INFO[args.dataset]
+    shards = tmp / "shards"
+    if not (shards / "manifest.parquet").is_file():
+        rng = np.random.default_rng(0)
+        n = args.synthetic_images
+        np.savez(tmp / "synthetic.npz", label=rng.integers(0, info.num_classes, n),
+                 image=rng.integers(0, 256, (n, info.image_size, info.image_size, info.in_channels),
+                                    dtype=np.uint8))
+        shard_npz(str(tmp / "synthetic.npz"), shards, 10000, progress=False)
+    start = time.perf_counter()
+    built = SyntheticSet(shards, tmp / "cache", tar_reader="fast", progress=False).built
+    open_s = time.perf_counter() - start  # the first call builds the cache, later ones map it
+    batch = 16 if args.cpu_smoke else 1024
+    cfg = apply_overrides(run_config(args, method, setting, device), [
+        f"data.synthetic={shards}", f"data.synthetic_cache={tmp / 'cache'}",
+        "data.synthetic_fraction=0.75", f"train.batch_size={batch}", "attack.eval_steps=10"])
+    if args.cpu_smoke:
+        cfg = apply_overrides(cfg, ["train.max_steps=2"])
+    state = build_state(cfg, info, n_train=len(data), device=device)
+    loader = open_synthetic(cfg, info, device=device)
+    n_val = 64 if args.cpu_smoke else 1000
+    val = ArrayDataset(data.images[:n_val], data.labels[:n_val])
+    timings: dict[str, Any] = {"cache_built": built, "cache_open_s": open_s,
+                               "synthetic_images": len(loader.synth), "batch_size": batch,
+                               "steps_per_epoch": schedule_length(cfg, len(data))[0]}
+    for name, fn in (("epoch_s", lambda: train_epoch(state, data, synthetic=loader)),
+                     ("validation_s", lambda: validate_models(state, val))):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        timings[name] = time.perf_counter() - t0
+        if name == "epoch_s":
+            timings["steps"] = out["steps_in_epoch"]
+    t0 = time.perf_counter()
+    torch.save(checkpoint_state(state), tmp / "checkpoint.pt")
+    timings["checkpoint_s"] = time.perf_counter() - t0
+    timings["checkpoint_mb"] = (tmp / "checkpoint.pt").stat().st_size / 2**20
+    timings["total_s"] = timings["epoch_s"] + timings["validation_s"] + timings["checkpoint_s"]
+    return timings
 
 
 def release(device: torch.device) -> None:
@@ -242,14 +313,10 @@ def shrink_to_cpu_smoke(args: argparse.Namespace) -> None:
     args.arch = args.arch or "tiny"
     args.batch_size, args.warmup, args.repeats = 8, 1, 1
     args.steps, args.full_epoch = 2, False
-    skipped = [s for s in args.settings if s != "fp32"]
-    for setting in skipped:  # still resolve and validate their configs
-        for method in args.methods:
-            run_config(args, method, setting, torch.device("cpu"))
-    args.settings = ["fp32"]
+    args.synthetic_images = min(args.synthetic_images, 2000)
     torch.set_num_threads(1)  # on shared cores, OpenMP threads mostly wait for each other
-    print(f"--cpu-smoke: {args.arch}, batch 8, 2 steps per method on the CPU; settings "
-          f"{', '.join(skipped) or '-'} only change CUDA kernels and were only validated")
+    print(f"--cpu-smoke: {args.arch}, batch 8, 2 steps per method and setting on the CPU "
+          "(torch.compile with the aot_eager backend)")
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
@@ -273,7 +340,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_smoke:
         shrink_to_cpu_smoke(args)
     args.arch = args.arch or "resnet18"
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark  # training leaves it off
     data = random_epoch(args, device)
     spe = steps_per_epoch(N_IMAGES, args.batch_size)
     steps = spe if args.full_epoch else args.steps
@@ -282,12 +348,28 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             cfg = run_config(args, method, setting, device)
             result = measure(cfg, data, device, warmup=args.warmup, steps=steps,
-                             repeats=args.repeats)
+                             repeats=args.repeats, cudnn_benchmark=args.cudnn_benchmark == "on")
             rows.append({"setting": setting, "method": method, "result": result,
                          "config": to_dict(cfg)})
             release(device)
     env = environment(device)
     print_table(rows, args, env, spe, steps)
+    full_runs = []
+    if args.full_run:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="gpu_epoch-") as tmp:
+            for setting in args.settings:
+                for method in args.methods:
+                    timing = measure_full_epoch(args, method, setting, data, device, Path(tmp))
+                    full_runs.append({"setting": setting, "method": method, **timing})
+                    release(device)
+                    print(f"  full DDPM-setting epoch, {setting} {method}: {timing['steps']} steps "
+                          f"of {timing['batch_size']} (75 % synthetic) {timing['epoch_s']:.2f} s, "
+                          f"validation {timing['validation_s']:.2f} s, checkpoint "
+                          f"{timing['checkpoint_s']:.2f} s ({timing['checkpoint_mb']:.0f} MB); "
+                          f"cache {'build' if timing['cache_built'] else 'map'} of "
+                          f"{timing['synthetic_images']:,} images {timing['cache_open_s']:.2f} s")
     if args.cpu_smoke:
         print("cpu-smoke: the code path ran; these CPU numbers are not comparable to Table 6")
     elif args.arch == "resnet18":
@@ -298,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size, "n_images": N_IMAGES, "steps_per_epoch": spe,
             "warmup": args.warmup, "repeats": args.repeats, "timed_steps": steps,
             "paper_a6000_s_per_epoch": PAPER_A6000_S.get((args.dataset, args.arch)),
-            "goal_s_per_epoch_h100": GOAL_S, "results": rows})
+            "goal_s_per_epoch_h100": GOAL_S, "results": rows, "full_runs": full_runs})
     return 0
 
 

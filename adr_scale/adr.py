@@ -35,9 +35,10 @@ class EMATeacher(nn.Module):
     The teacher is always in eval mode and never receives gradients.
     """
 
-    def __init__(self, student: nn.Module, decay: float) -> None:
+    def __init__(self, student: nn.Module, decay: float, warmup: bool = False) -> None:
         super().__init__()
         self.decay = decay
+        self.warmup = warmup
         self.module = copy.deepcopy(_unwrap(student)).eval()
         self.module.requires_grad_(False)
         self.train(False)
@@ -48,11 +49,19 @@ class EMATeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
 
+    def decay_at(self, t: int) -> float:
+        """The decay of update t (0-based). With warm-up (Wang et al. 2023), min(decay,
+        (1 + t) / (10 + t)): the teacher follows the student closely early on, so a short run
+        or a search trial does not spend its first ~1/(1 - decay) steps against a near-random
+        teacher (0.1 at t = 0, 0.5 at t = 8, 0.9 at t = 80, 0.99 at t = 890)."""
+        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, student: nn.Module) -> None:
+    def update(self, student: nn.Module, t: int = 0) -> None:
+        """One EMA step after optimizer step t (0-based; it matters only with warm-up)."""
         floats_t, floats_s, ints_t, ints_s = self._pairs(student)
         if floats_t:
-            torch._foreach_lerp_(floats_t, floats_s, 1.0 - self.decay)  # fused, one per group
+            torch._foreach_lerp_(floats_t, floats_s, 1.0 - self.decay_at(t))  # fused, one per group
         if ints_t:  # num_batches_tracked; models without BatchNorm have none
             torch._foreach_copy_(ints_t, ints_s)
 

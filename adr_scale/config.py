@@ -77,6 +77,7 @@ class ADRConfig:
     lambda_start: float = 0.7  # teacher interpolation at step 0, Sec. 5.1
     lambda_end: float = 0.95  # teacher interpolation at the last step, Sec. 5.1
     ema_decay: float = 0.995  # teacher = EMA of the student (also the WA model), Sec. 5.1
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + t) / (10 + t)) at step t (Wang et al. 2023)
     segments: str = ""  # a learned (PBT) schedule replacing the ranges above from each fraction
     #                     of training on: "0:2.5,2.0,0.7,0.95;0.5:2.2,1.8,0.75,0.9" (adr.schedules)
 

@@ -115,7 +115,7 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
     model = model.to(device)
     if cfg.train.channels_last:  # NHWC: faster convolutions on tensor cores; also runs on CPU
         model = model.to(memory_format=torch.channels_last)
-    ema = EMATeacher(model, cfg.adr.ema_decay)
+    ema = EMATeacher(model, cfg.adr.ema_decay, warmup=cfg.adr.ema_warmup)
     params: Any = model.parameters()
     if cfg.optim.no_decay_norm_bias:  # official code / Wang et al. with DDPM data
         exempt = {id(p) for p in norm_parameters(model)}
@@ -240,7 +240,7 @@ def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor) ->
     average_gradients(state.model)  # no-op in one process
     state.optimizer.step()
     broadcast_buffers(_unwrap(state.model))  # every rank keeps rank 0's BN statistics
-    state.ema.update(state.model)
+    state.ema.update(state.model, state.step)
     state.step += 1
     return loss.detach()
 

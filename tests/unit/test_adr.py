@@ -96,3 +96,16 @@ def test_ema_of_a_model_without_buffers():
         student.weight.add_(2.0)
     teacher.update(student)
     assert torch.allclose(teacher.module.weight, student.weight - 1.0)
+
+
+def test_ema_warmup_follows_wang_et_al():
+    """decay_t = min(decay, (1 + t) / (10 + t)): update 0 moves the teacher 90 % of the way."""
+    student = torch.nn.Linear(3, 2)
+    teacher = EMATeacher(student, decay=0.995, warmup=True)
+    assert [round(teacher.decay_at(t), 4) for t in (0, 8, 80, 10_000)] == [0.1, 0.5, 0.9, 0.995]
+    assert EMATeacher(student, decay=0.995).decay_at(0) == 0.995  # off by default
+    before = teacher.module.weight.detach().clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    teacher.update(student, 0)
+    torch.testing.assert_close(teacher.module.weight, before + 0.9)

@@ -32,8 +32,10 @@ DISTRIBUTIONS = ("categorical", "int", "loguniform", "uniform")
 OBJECTIVES = ("pareto", "robust")
 SAMPLERS = ("random", "tpe")
 SCHEDULERS = ("asha", "none", "pbt")
-TOP_KEYS = ("base", "budget", "fixed", "long_run", "max_concurrent", "name", "num_samples",
-            "objective", "params", "pbt", "sampler", "scheduler", "search", "warm_start")
+TOP_KEYS = ("base", "budget", "confirm", "fixed", "long_run", "max_concurrent", "name",
+            "num_samples", "objective", "params", "pbt", "references", "sampler", "scheduler",
+            "search", "warm_start")
+LAMBDAS = ("adr.lambda_start", "adr.lambda_end")  # both 0: the rectified label is one-hot (AT)
 # Fields whose value may not exceed 1: an `above` gap is capped so the sum stays in range.
 FIELD_MAX = {"adr.lambda_start": 1.0, "adr.lambda_end": 1.0, "data.synthetic_fraction": 0.999,
              "adr.ema_decay": 0.9999}
@@ -78,6 +80,9 @@ class SearchSpace:
     epochs: int = 10  # per-trial budget at search fidelity (train.epochs during the search)
     num_samples: int = 8
     max_concurrent: int = 2
+    references: bool = True  # run the paper's schedule (warm_start) and plain AT in the search
+    confirm_top_k: int = 3  # schedules retrained at full length after the search (0: none)
+    confirm_seeds: int = 3  # seeds of each full-length run
     source: str = "<space>"
 
     # -- materialising configs ------------------------------------------------------------
@@ -112,6 +117,35 @@ class SearchSpace:
         return {p.name: (self.warm_start[p.field] - self.warm_start[p.above]) if p.above
                 else self.warm_start[p.field] for p in self.params}
 
+    def reference_points(self) -> dict[str, dict[str, Any]]:
+        """{"paper": the warm start, "AT": lambda 0 -> 0} in Optuna's parameter names, each run
+        in every search at the search budget (so it can never do worse than AT by construction).
+        AT keeps the warm start's (or the low end's) other values: with lambda 0 they do not
+        change the label, and Eq. 4 gives lambda_i = 0, the one-hot target."""
+        if not self.references:
+            return {}
+        points = {}
+        if self.warm_start:
+            points["paper"] = self.warm_start_params()
+        base = self.warm_start_params() or {p.name: _extremes(p)[0] for p in self.params}
+        at = dict(base)
+        for p in self.params:
+            if p.field in LAMBDAS:
+                at[p.name] = 0.0
+        points["AT"] = at
+        return points
+
+    def reference_of(self, fields: dict[str, Any]) -> str | None:
+        """Which reference point these field values are ("paper", "AT") or None."""
+        for name, params in self.reference_points().items():
+            ref = self.field_values(params)
+            if ref and all(k in fields and _same(fields[k], v) for k, v in ref.items()):
+                return name
+        return None
+
+    def confirm_seed_list(self, base_seed: int) -> list[int]:
+        return [base_seed + i for i in range(self.confirm_seeds)]
+
     # -- the define-by-run space -----------------------------------------------------------
 
     def suggest(self, trial) -> None:
@@ -142,6 +176,12 @@ class DefineByRun:
 
 
 # -- parsing and validation -----------------------------------------------------------------
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) <= 1e-9
+    return a == b
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -226,6 +266,24 @@ def _positive_int(source: str, key: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         _fail(source, f"{key}: invalid value {value!r}; allowed: an integer >= 1")
     return value
+
+
+def _boolean(source: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(source, f"{key}: invalid value {value!r}; allowed: true, false")
+    return value
+
+
+def _parse_confirm(source: str, value: Any) -> dict[str, int]:
+    """confirm: {top_k: K, seeds: S}; top_k 0 skips the full-length confirmation."""
+    value = {} if value is None else value
+    if not isinstance(value, dict) or set(value) - {"top_k", "seeds"}:
+        _fail(source, f"confirm: expected {{top_k: K, seeds: S}}, got {value!r}")
+    top_k = value.get("top_k", 3)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+        _fail(source, f"confirm.top_k: invalid value {top_k!r}; allowed: an integer >= 0")
+    return {"confirm_top_k": top_k,
+            "confirm_seeds": _positive_int(source, "confirm.seeds", value.get("seeds", 3))}
 
 
 def _fraction(source: str, key: str, value: Any) -> float:
@@ -317,6 +375,8 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
         epochs=_positive_int(source, "budget.epochs", budget.get("epochs", 10)),
         num_samples=_positive_int(source, "num_samples", raw.get("num_samples", 8)),
         max_concurrent=_positive_int(source, "max_concurrent", raw.get("max_concurrent", 2)),
+        references=_boolean(source, "references", raw.get("references", True)),
+        **_parse_confirm(source, raw.get("confirm")),
         source=source,
     )
     if space.scheduler == "asha" and space.grace_period > space.epochs:
@@ -370,6 +430,25 @@ def _check_materialises(space: SearchSpace) -> None:
             _fail(space.source, f"the space gives an invalid config: {exc} (at {where})")
     if space.warm_start:
         _check_warm_start(space)
+    if space.references:
+        _check_at_reachable(space)
+
+
+def _check_at_reachable(space: SearchSpace) -> None:
+    """Plain AT must be a point of the space: both lambdas searched with 0 inside their ranges."""
+    searched = {p.field: p for p in space.params}
+    for name in LAMBDAS:
+        p = searched.get(name)
+        if p is None or p.distribution == "categorical" and 0 not in p.choices or (
+                p.distribution != "categorical" and not p.low <= 0 <= p.high):
+            what = "not searched" if p is None else "cannot reach 0"
+            _fail(space.source, f"params.{name}: {what}; allowed: a range holding 0 (lambda 0 is "
+                                "plain AT, the search's reference), or references: false")
+    params = space.reference_points()["AT"]
+    try:
+        space.trial_config(params)
+    except ConfigError as exc:
+        _fail(space.source, f"the AT reference gives an invalid config: {exc}")
 
 
 def _check_warm_start(space: SearchSpace) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from adr_scale.config import dump_yaml
 from adr_scale.rundir import atomic_write_text
+from adr_scale.runfiles import latest_history, tune_checkpoint_files
 from adr_scale.schedules import adr_schedule
 from adr_scale.search_space import CLEAN_METRIC, METRIC, SearchSpace
 
@@ -27,8 +28,8 @@ def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         params = {p.name: result.config[p.name] for p in space.params if p.name in result.config}
-        saved = _tune_checkpoint_files(result.checkpoint)  # PBT trials report Tune checkpoints
-        rows = (saved.get("history") or _train_history(storage, f"{space.name}-{trial_id}")
+        saved = tune_checkpoint_files(result.checkpoint)  # PBT trials report Tune checkpoints
+        rows = (saved.get("history") or latest_history(storage, f"{space.name}-{trial_id}")
                 or _tune_rows(result))
         rows = [{k: r[k] for k in ROW_METRICS if k in r} for r in rows]
         epochs = rows[-1]["epoch"] if rows else 0
@@ -42,45 +43,6 @@ def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any
             METRIC: rows[-1].get(METRIC, math.nan) if rows else math.nan,
             CLEAN_METRIC: rows[-1].get(CLEAN_METRIC, math.nan) if rows else math.nan})
     return sorted(trials, key=lambda t: t["trial_id"])
-
-
-def _train_history(storage: str, run_name: str) -> list[dict[str, Any]]:
-    """The epoch rows in the latest checkpoint of a trial's Ray Train run ([] if none)."""
-    import json
-
-    import pyarrow.fs as pafs
-
-    from adr_scale.train import HISTORY_FILE
-
-    fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage).resolve()))
-    infos = fs.get_file_info(pafs.FileSelector(f"{base}/{run_name}", allow_not_found=True))
-    checkpoints = sorted(i.path for i in infos if i.base_name.startswith("epoch-"))
-    if not checkpoints:
-        return []
-    try:
-        with fs.open_input_stream(f"{checkpoints[-1]}/{HISTORY_FILE}") as f:
-            return json.loads(f.read().decode())
-    except (FileNotFoundError, OSError):
-        return []
-
-
-def _tune_checkpoint_files(checkpoint) -> dict[str, Any]:
-    """history.json and segments.json of a trial's last Tune checkpoint ({} if none)."""
-    import json
-
-    from adr_scale.train import HISTORY_FILE
-    from adr_scale.tune import SEGMENTS_FILE
-
-    if checkpoint is None:
-        return {}
-    out = {}
-    for key, name in (("history", HISTORY_FILE), ("segments", SEGMENTS_FILE)):
-        try:
-            with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
-                out[key] = json.loads(f.read().decode())
-        except (FileNotFoundError, OSError):
-            pass
-    return out
 
 
 def run_config_of(space: SearchSpace, trial: dict[str, Any], *, long_run: bool):

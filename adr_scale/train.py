@@ -37,12 +37,15 @@ from adr_scale.config import (
     to_dict,
     validate,
 )
+from adr_scale.runfiles import (
+    DIVERGED_FILE,
+    HISTORY_FILE,
+    STATE_FILE,
+    checkpoint_dir_name,
+    stored_checkpoint_config,
+    write_checkpoint_files,
+)
 from adr_scale.runguard import RunLock, TrainingDiverged
-
-STATE_FILE = "state.pt"  # the engine's checkpoint inside each Ray Train checkpoint directory
-HISTORY_FILE = "history.json"  # the epoch rows, small, so the driver need not fetch state.pt
-CONFIG_FILE = "config.json"  # the resolved config, so the driver compares it before a resume
-DIVERGED_FILE = ".diverged"  # the workers' divergence line, handed to the driver by the callback
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,10 +192,7 @@ def _report_epoch(state, row: dict[str, Any], improved: bool, save: bool) -> Non
     """Every rank reports (a barrier) after a validated or checkpoint epoch; rank 0 attaches the
     checkpoint (state.pt + history.json) when `save`. With train.checkpoint_upload=async Ray
     uploads it on a background thread and the next epoch starts at once."""
-    import json
-
     import ray.train
-    import torch
 
     from adr_scale.engine import checkpoint_state
 
@@ -208,11 +208,9 @@ def _report_epoch(state, row: dict[str, Any], improved: bool, save: bool) -> Non
               else ray.train.CheckpointUploadMode.SYNC)
     directory = Path(tempfile.mkdtemp(prefix="adr-scale-ckpt-"))  # async: Ray deletes it after upload
     try:
-        torch.save(ckpt, directory / STATE_FILE)
-        (directory / HISTORY_FILE).write_text(json.dumps(state.history))
-        (directory / CONFIG_FILE).write_text(json.dumps(ckpt["config"]))
+        write_checkpoint_files(directory, ckpt, state.history)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-                         checkpoint_dir_name=f"epoch-{state.epoch:04d}",
+                         checkpoint_dir_name=checkpoint_dir_name(state.epoch),
                          checkpoint_upload_mode=upload)
     finally:
         if upload == ray.train.CheckpointUploadMode.SYNC:
@@ -251,16 +249,14 @@ def _make_callback(out: Path, cfg_dict: dict[str, Any]):
 
                     atomic_write_text(out / DIVERGED_FILE, metrics[0]["diverged"])
                 return
-            import json
-
             from adr_scale.engine import PLOT_EVERY_S
             from adr_scale.report import write_run_outputs
+            from adr_scale.runfiles import read_json
 
             cfg = validate(from_dict(cfg_dict))
             row = metrics[0]
             fs, base = checkpoint.filesystem, checkpoint.path
-            with fs.open_input_stream(f"{base}/{HISTORY_FILE}") as f:
-                history = json.loads(f.read().decode())
+            history = read_json(fs, f"{base}/{HISTORY_FILE}")
             finished = row["epoch"] == row["num_epochs"]
             for wanted, name in ((row["improved"], "best.pt"), (finished, "final.pt")):
                 if wanted:
@@ -363,29 +359,30 @@ class EpochProgress:
         self.bar.close()
 
 
-def stored_checkpoint_config(storage: str, name: str) -> tuple[str, dict[str, Any]] | None:
-    """(directory name, config) of the newest Ray checkpoint of run `name` that carries its
-    config, read without Ray (a local path, s3:// or gs://); None before the first epoch."""
-    import json
-    import re
+def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, workers: int,
+                 gpus: float, cpus: float, max_failures: int, keep_best: int | None = None,
+                 callbacks: list | None = None):
+    """The one TorchTrainer of every launch (a run, a Tune trial, a PBT segment): the worker
+    loop, `workers` ranks with `cpus` (and `gpus`) each, `max_failures` worker-group restarts
+    from the latest checkpoint, and the `keep_best` best checkpoints by validation robust
+    accuracy beside the latest (None: the latest only, all a trial needs)."""
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
 
-    import pyarrow.fs as pafs
-
-    if "://" in storage:
-        fs, root = pafs.FileSystem.from_uri(storage)
-    else:
-        fs, root = pafs.LocalFileSystem(), str(Path(storage).resolve())
-    base = f"{root}/{name}"
-    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    dirs = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory
-                   and re.fullmatch(r"epoch-\d+", i.base_name)), reverse=True)
-    for directory in dirs:
-        try:
-            with fs.open_input_stream(f"{base}/{directory}/{CONFIG_FILE}") as f:
-                return directory, json.loads(f.read().decode())
-        except (OSError, ValueError):  # an older checkpoint without config.json, or torn
-            continue
-    return None
+    resources = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
+                                     resources_per_worker=resources),
+        run_config=RayRunConfig(
+            name=name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1) if keep_best is None else
+            CheckpointConfig(num_to_keep=keep_best, checkpoint_score_attribute="val_robust_acc",
+                             checkpoint_score_order="max"),
+            callbacks=callbacks or []))
 
 
 def launch(cfg: RunConfig, out: Path, **options: Any) -> dict[str, Any]:
@@ -419,9 +416,6 @@ def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float =
     run.prepare(cfg, {"executor": "ray", "storage": storage_path or "default", "name": run_name})
     (out / DIVERGED_FILE).unlink(missing_ok=True)
     import ray  # only now: every refusal above comes without Ray's import or start
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
@@ -432,21 +426,10 @@ def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float =
     if fault_at_step is not None:
         loop_config |= {"fault_at_step": fault_at_step,
                         "fault_marker": str((out / "fault_injected").resolve())}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=gpus_per_worker > 0,
-            resources_per_worker={"CPU": cpus_per_worker, "GPU": gpus_per_worker}
-            if gpus_per_worker > 0 else {"CPU": cpus_per_worker}),
-        run_config=RayRunConfig(
-            name=run_name, storage_path=storage,
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(  # Ray also always keeps the latest
-                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="val_robust_acc",
-                checkpoint_score_order="max"),
-            callbacks=[_make_callback(out.resolve(), to_dict(cfg))]),
-    )
+    trainer = make_trainer(
+        loop_config, name=run_name, storage=storage, workers=workers, gpus=gpus_per_worker,
+        cpus=cpus_per_worker, max_failures=max_failures, keep_best=cfg.train.keep_checkpoints,
+        callbacks=[_make_callback(out.resolve(), to_dict(cfg))])
     with EpochProgress(out, -(-total // spe), progress):
         trainer.fit()
     diverged = out / DIVERGED_FILE

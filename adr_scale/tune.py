@@ -30,6 +30,7 @@ from typing import Any
 
 from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, to_dict
+from adr_scale.runfiles import read_segments, write_segment_files
 from adr_scale.runguard import RunLock
 from adr_scale.search_space import CLEAN_METRIC, METRIC, DefineByRun, SearchSpace, load_space
 
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: OUT/ray)")
     parser.add_argument("--optuna-storage", help="Optuna RDB URL (default: sqlite:///OUT/optuna.db;"
                         " PostgreSQL on a cluster); readable by optuna-dashboard")
+    parser.add_argument("--max-failures", type=int, default=1,
+                        help="worker-group restarts per trial (and PBT segment) from its latest "
+                        "checkpoint before the trial errors")
     parser.add_argument("--resume", action="store_true",
                         help="continue a killed search (the same command without it does too)")
     return parser
@@ -62,38 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
-              cpus: float, storage: str) -> None:
+              cpus: float, storage: str, max_failures: int = 1) -> None:
     """Train the trial's config on Ray Train; TuneReportCallback forwards every epoch to Tune."""
     import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as TrainRunConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from adr_scale.train import train_loop_per_worker
+    from adr_scale.train import make_trainer
 
     cfg = space.trial_config({p.name: params[p.name] for p in space.params})
     trial_id = ray.tune.get_context().get_trial_id()
-    resources = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg)},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
-                                     resources_per_worker=resources),
-        run_config=TrainRunConfig(
-            name=f"{space.name}-{trial_id}", storage_path=storage,
-            failure_config=FailureConfig(max_failures=1),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()]),
-    )
-    trainer.fit()
-
-
-SEGMENTS_FILE = "segments.json"  # a PBT trial's learned schedule, in its Tune checkpoints
+    make_trainer({"config": to_dict(cfg)}, name=f"{space.name}-{trial_id}", storage=storage,
+                 workers=workers, gpus=gpus, cpus=cpus, max_failures=max_failures,
+                 callbacks=[TuneReportCallback()]).fit()
 
 
 def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
-                  cpus: float, storage: str) -> None:
+                  cpus: float, storage: str, max_failures: int = 1) -> None:
     """A PBT trial: train `perturbation_interval` epochs at a time, each segment a Ray Train run
     that starts from the previous segment's checkpoint (after an exploit: another trial's, which
     Tune hands over as this trial's Tune checkpoint), and report a Tune checkpoint after each.
@@ -105,8 +93,7 @@ def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, g
     segments, done = [], 0
     if start is not None:
         with start.as_directory() as directory:
-            saved = json.loads((Path(directory) / SEGMENTS_FILE).read_text())
-        segments, done = saved["segments"], saved["epoch"]
+            segments, done = read_segments(Path(directory))
     cfg = space.trial_config({p.name: params[p.name] for p in space.params})
     a = cfg.adr
     current = [a.tau_start, a.tau_end, a.lambda_start, a.lambda_end]
@@ -116,42 +103,31 @@ def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, g
     while done < space.epochs:
         until = min(done + space.perturbation_interval, space.epochs)
         start = _train_segment(space, cfg, segments, start, done, until, workers, gpus, cpus,
-                               storage)
+                               storage, max_failures)
         done = until
 
 
 def _train_segment(space, cfg, segments, start, done: int, until: int, workers: int, gpus: float,
-                   cpus: float, storage: str):
+                   cpus: float, storage: str, max_failures: int):
     """Train epochs done+1..until from `start`; report them to Tune with a checkpoint."""
     import dataclasses
     import tempfile
 
     import ray.tune
-    from ray.train import CheckpointConfig, ScalingConfig
-    from ray.train import RunConfig as TrainRunConfig
-    from ray.train.torch import TorchTrainer
 
     from adr_scale.config import validate
     from adr_scale.schedules import format_segments
-    from adr_scale.train import HISTORY_FILE, STATE_FILE, train_loop_per_worker
+    from adr_scale.train import make_trainer
 
     cfg = validate(dataclasses.replace(cfg, adr=dataclasses.replace(
         cfg.adr, segments=format_segments([tuple(s) for s in segments]))))
     trial_id = ray.tune.get_context().get_trial_id()
-    resources = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
-    result = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg), "init_checkpoint": start, "until_epoch": until},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
-                                     resources_per_worker=resources),
-        run_config=TrainRunConfig(name=f"{space.name}-{trial_id}-from{done:04d}",
-                                  storage_path=storage,
-                                  checkpoint_config=CheckpointConfig(num_to_keep=1)),
-    ).fit()
+    result = make_trainer(
+        {"config": to_dict(cfg), "init_checkpoint": start, "until_epoch": until},
+        name=f"{space.name}-{trial_id}-from{done:04d}", storage=storage, workers=workers,
+        gpus=gpus, cpus=cpus, max_failures=max_failures).fit()
     with result.checkpoint.as_directory() as src, tempfile.TemporaryDirectory() as dst:
-        for name in (STATE_FILE, HISTORY_FILE):
-            (Path(dst) / name).write_bytes((Path(src) / name).read_bytes())
-        (Path(dst) / SEGMENTS_FILE).write_text(json.dumps({"segments": segments, "epoch": until}))
+        write_segment_files(Path(src), Path(dst), segments, until)
         metrics = {k: v for k, v in result.metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(dst))
@@ -235,6 +211,9 @@ def check_args(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
                         ("--workers-per-trial", args.workers_per_trial)):
         if value < 1:
             raise ConfigError(f"{flag}: invalid value {value}; allowed: an integer >= 1")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures: invalid value {args.max_failures}; "
+                          "allowed: an integer >= 0")
     batch = space.trial_config(space.warm_start_params() or _low_point(space)).train.batch_size
     if batch % args.workers_per_trial:
         raise ConfigError(f"--workers-per-trial: {args.workers_per_trial} does not divide "
@@ -250,7 +229,7 @@ def _low_point(space: SearchSpace) -> dict[str, Any]:
 def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurrent: int,
                workers: int = 1, gpus: float = 0, cpus: float = 1, address: str | None = None,
                storage_path: str | None = None, optuna_storage: str | None = None,
-               resume: bool = False) -> dict[str, Any]:
+               resume: bool = False, max_failures: int = 1) -> dict[str, Any]:
     """Run (or resume) the search and write best.yaml, results.parquet and report.md to `out`."""
     import ray
     from ray import tune
@@ -268,7 +247,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         ray.init(address=address, num_cpus=local_cpus)
     trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial
     trainable = tune.with_parameters(trial_fn, space=space, workers=workers, gpus=gpus,
-                                     cpus=cpus, storage=storage)
+                                     cpus=cpus, storage=storage, max_failures=max_failures)
     if tune.Tuner.can_restore(experiment):
         print(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
@@ -303,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                               workers=args.workers_per_trial, gpus=args.gpus_per_worker,
                               cpus=args.cpus_per_worker, address=args.address,
                               storage_path=args.storage_path, optuna_storage=args.optuna_storage,
-                              resume=args.resume)
+                              resume=args.resume, max_failures=args.max_failures)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

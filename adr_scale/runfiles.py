@@ -1,0 +1,109 @@
+"""The files a Ray Train run and a Tune trial leave in their checkpoints, their writers and readers.
+
+No Ray here: the drivers (`train`, `tune`) write these files and the reports (`search_report`)
+read them, so imports go one way. Storage is a local directory, s3:// or gs:// (pyarrow.fs).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.pt"  # the engine's checkpoint inside each Ray Train checkpoint directory
+HISTORY_FILE = "history.json"  # the epoch rows, small, so the driver need not fetch state.pt
+CONFIG_FILE = "config.json"  # the resolved config, so the driver compares it before a resume
+SEGMENTS_FILE = "segments.json"  # a PBT trial's learned schedule, in its Tune checkpoints
+DIVERGED_FILE = ".diverged"  # the workers' divergence line, handed to the driver by the callback
+
+CHECKPOINT_DIR = re.compile(r"epoch-\d+")  # Ray Train checkpoint directory names (train.py)
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}"
+
+
+def storage_filesystem(storage: str):
+    """(pyarrow filesystem, root path) of a storage path: local, s3:// or gs://."""
+    import pyarrow.fs as pafs
+
+    if "://" in storage:
+        return pafs.FileSystem.from_uri(storage)
+    return pafs.LocalFileSystem(), str(Path(storage).resolve())
+
+
+def read_json(fs, path: str) -> Any:
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def checkpoint_dirs(storage: str, run_name: str) -> tuple[Any, list[str]]:
+    """(filesystem, full paths of run `run_name`'s checkpoint directories, oldest first)."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage_filesystem(storage)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{run_name}", allow_not_found=True))
+    return fs, sorted(i.path for i in infos if i.type == pafs.FileType.Directory
+                      and CHECKPOINT_DIR.fullmatch(i.base_name))
+
+
+def stored_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str, Any]] | None:
+    """(directory name, config) of the newest checkpoint of run `run_name` that carries its
+    config; None before the first epoch."""
+    fs, dirs = checkpoint_dirs(storage, run_name)
+    for path in reversed(dirs):
+        try:
+            return Path(path).name, read_json(fs, f"{path}/{CONFIG_FILE}")
+        except (OSError, ValueError):  # an older checkpoint without config.json, or torn
+            continue
+    return None
+
+
+def latest_history(storage: str, run_name: str) -> list[dict[str, Any]]:
+    """The epoch rows in the latest checkpoint of run `run_name` ([] if none)."""
+    fs, dirs = checkpoint_dirs(storage, run_name)
+    if not dirs:
+        return []
+    try:
+        return read_json(fs, f"{dirs[-1]}/{HISTORY_FILE}")
+    except (FileNotFoundError, OSError):
+        return []
+
+
+def write_checkpoint_files(directory: Path, ckpt: dict[str, Any],
+                           history: list[dict[str, Any]]) -> None:
+    """A Ray Train checkpoint's contents: the engine state, its epoch rows and its config."""
+    import torch
+
+    torch.save(ckpt, directory / STATE_FILE)
+    (directory / HISTORY_FILE).write_text(json.dumps(history))
+    (directory / CONFIG_FILE).write_text(json.dumps(ckpt["config"]))
+
+
+def write_segment_files(src: Path, dst: Path, segments: list[list[float]], epoch: int) -> None:
+    """A PBT trial's Tune checkpoint: its Train checkpoint's state and rows plus the schedule
+    learned so far (`segments`, after `epoch` epochs)."""
+    for name in (STATE_FILE, HISTORY_FILE):
+        (dst / name).write_bytes((src / name).read_bytes())
+    (dst / SEGMENTS_FILE).write_text(json.dumps({"segments": segments, "epoch": epoch}))
+
+
+def read_segments(directory: Path) -> tuple[list[list[float]], int]:
+    """(segments, epochs done) of a PBT trial's Tune checkpoint directory."""
+    saved = json.loads((directory / SEGMENTS_FILE).read_text())
+    return saved["segments"], saved["epoch"]
+
+
+def tune_checkpoint_files(checkpoint) -> dict[str, Any]:
+    """history.json and segments.json of a trial's last Tune checkpoint ({} if none); duck-typed
+    on the checkpoint's `filesystem` and `path`, so no Ray import."""
+    if checkpoint is None:
+        return {}
+    out = {}
+    for key, name in (("history", HISTORY_FILE), ("segments", SEGMENTS_FILE)):
+        try:
+            out[key] = read_json(checkpoint.filesystem, f"{checkpoint.path}/{name}")
+        except (FileNotFoundError, OSError):
+            pass
+    return out

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from adr_scale import evaluate as ev
+from adr_scale.evaluate import autoattack as ev_autoattack
+from adr_scale.evaluate import sanity as ev_sanity
 from adr_scale.config import ConfigError, apply_overrides, get_preset
 from adr_scale.data import to_float
 from adr_scale.engine import fit, load_checkpoint
@@ -89,13 +91,13 @@ def test_batched_driver_matches_autoattack_and_resumes(run_dir, tmp_path, monkey
         calls.append(args[2])
         return real_chunk(*args)
 
-    monkeypatch.setattr(ev, "attack_chunk", interrupted)
+    monkeypatch.setattr(ev_autoattack, "attack_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ev.run_autoattack(_custom_autoattack(loaded.module), backend, x, y, batch_size=16,
                           state_path=state, fingerprint={"test": 1})
     saved = json.loads(state.read_text())
     assert calls == ["apgd-ce"] * 3 and saved["done"] == ["apgd-ce"] and saved["queue"] is None
-    monkeypatch.setattr(ev, "attack_chunk", real_chunk)
+    monkeypatch.setattr(ev_autoattack, "attack_chunk", real_chunk)
     resumed = ev.run_autoattack(_custom_autoattack(loaded.module), backend, x, y, batch_size=16,
                                 state_path=state, fingerprint={"test": 1})
     assert resumed.resumed and torch.equal(resumed.robust, whole.robust)
@@ -193,7 +195,7 @@ def test_failed_sanity_check_is_flagged_with_a_reason():
 
 
 def test_failed_checks_print_a_warning(run_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ev, "SANITY_EPS_255", (0, 1, 2))  # too small a radius to reach 0 %
+    monkeypatch.setattr(ev_sanity, "SANITY_EPS_255", (0, 1, 2))  # too small a radius to reach 0 %
     ev.evaluate_checkpoint(run_dir / "final.pt", tmp_path, _opts(attacks=["clean"], n_examples=32,
                                                                   sanity=True))
     err = capsys.readouterr().err

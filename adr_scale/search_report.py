@@ -38,6 +38,8 @@ def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any
         trials.append({
             "trial_id": trial_id, "status": status, "params": params,
             "fields": space.field_values(params) if len(params) == len(space.params) else {},
+            "reference": (space.reference_of(space.field_values(params))
+                          if len(params) == len(space.params) else None),
             "rows": rows, "epochs": epochs,
             "segments": saved.get("segments", {}).get("segments", []),
             METRIC: rows[-1].get(METRIC, math.nan) if rows else math.nan,
@@ -95,7 +97,8 @@ def write_results_parquet(path: Path, trials: list[dict[str, Any]]) -> None:
 
     records = []
     for t in trials:
-        base = {"trial_id": t["trial_id"], "status": t["status"], **t["fields"]}
+        base = {"trial_id": t["trial_id"], "status": t["status"], "reference": t.get("reference"),
+                **t["fields"]}
         records += [base | row for row in t["rows"]] or [base]
     columns = list(dict.fromkeys(k for r in records for k in r))  # union, first-seen order
     table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in records])
@@ -195,10 +198,18 @@ def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str],
         "|---|" + "---|" * (len(names) + 4),
     ]
     for t in ranked[:10]:
-        lines.append(f"| {t['trial_id']} | " + " | ".join(f"{t['fields'][n]:.4g}" if isinstance(
+        ref = f" ({t['reference']} reference)" if t.get("reference") else ""
+        lines.append(f"| {t['trial_id']}{ref} | " + " | ".join(f"{t['fields'][n]:.4g}" if isinstance(
             t["fields"][n], float) else str(t["fields"][n]) for n in names)
             + f" | {100 * t[METRIC]:.2f} | {100 * t[CLEAN_METRIC]:.2f} | {t['epochs']} "
             f"| {t['status']} |")
+    refs = [t for t in ranked if t.get("reference")]
+    if space.references:
+        lines += ["", "References, run in every search at the search budget: the paper's schedule "
+                  "(the space's warm_start) and plain AT (lambda 0 -> 0, a one-hot label): "
+                  + ("; ".join(f"{t['reference']} {100 * t[METRIC]:.2f} (rank "
+                               f"{ranked.index(t) + 1} of {len(ranked)})" for t in refs)
+                     or "none finished") + "."]
     if space.objective == "pareto":
         lines += ["", "Pareto front (robust, clean): " + ", ".join(
             f"{t['trial_id']} ({100 * t[METRIC]:.1f}, {100 * t[CLEAN_METRIC]:.1f})"
@@ -232,4 +243,4 @@ def write_search_outputs(space: SearchSpace, grid, out: Path, optuna_url: str, s
                dict.fromkeys(("optimization_history.png", "param_importances.png",
                               "parallel_coordinate.png"), "PBT runs without an Optuna study"))
     atomic_write_text(out / "report.md", report_markdown(space, trials, ranked, skipped, out))
-    return best
+    return {"best": best, "ranked": ranked}

@@ -161,12 +161,18 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int):
         metric, mode = METRIC, "max"
     sampler = (optuna.samplers.RandomSampler(seed=space.seed) if space.sampler == "random"
                else optuna.samplers.TPESampler(seed=space.seed))
-    warm = space.warm_start_params()
     searcher = OptunaSearch(
         space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler,
-        points_to_evaluate=[warm] if warm else None, study_name=space.name,
+        points_to_evaluate=_first_points(space), study_name=space.name,
         storage=optuna.storages.RDBStorage(optuna_url))
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+
+
+def _first_points(space: SearchSpace) -> list[dict[str, Any]] | None:
+    """The references (the paper's schedule, plain AT) or the warm start, evaluated first."""
+    points = list(space.reference_points().values()) or (
+        [space.warm_start_params()] if space.warm_start else [])
+    return points or None
 
 
 def _scheduler(space: SearchSpace):
@@ -193,10 +199,9 @@ def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_conc
     from ray.tune.search import BasicVariantGenerator
 
     if space.scheduler == "pbt":
-        warm = space.warm_start_params()
         return {"param_space": {p.name: _pbt_domain(p) for p in space.params},
                 "tune_config": tune.TuneConfig(
-                    search_alg=BasicVariantGenerator(points_to_evaluate=[warm] if warm else None,
+                    search_alg=BasicVariantGenerator(points_to_evaluate=_first_points(space),
                                                      max_concurrent=max_concurrent),
                     scheduler=_scheduler(space), num_samples=num_samples)}
     return {"tune_config": tune.TuneConfig(
@@ -261,7 +266,87 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     grid = tuner.fit()
     from adr_scale.search_report import write_search_outputs
 
-    return write_search_outputs(space, grid, out, optuna_url, storage)
+    result = write_search_outputs(space, grid, out, optuna_url, storage)
+    if result and space.confirm_top_k > 0 and space.scheduler != "pbt":  # PBT: see the README
+        result["confirmed"] = run_confirmation(
+            space, result["ranked"], out, max_concurrent=max_concurrent, workers=workers,
+            gpus=gpus, cpus=cpus, storage=storage, max_failures=max_failures)
+    return result
+
+
+def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
+                      candidates: dict[str, dict[str, Any]], workers: int, gpus: float,
+                      cpus: float, storage: str, max_failures: int = 1) -> None:
+    """One full-length run of the confirmation stage: candidate config["candidate"], seed
+    config["seed"], on Ray Train; TuneReportCallback forwards its epochs to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from adr_scale.config import apply_overrides
+    from adr_scale.confirm import run_name
+    from adr_scale.train import make_trainer
+
+    name, seed = config["candidate"], config["seed"]
+    cfg = apply_overrides(space.long_run_config(candidates[name]), [f"seed={seed}"])
+    make_trainer({"config": to_dict(cfg)}, name=run_name(space, name, seed), storage=storage,
+                 workers=workers, gpus=gpus, cpus=cpus, max_failures=max_failures,
+                 callbacks=[TuneReportCallback()]).fit()
+
+
+def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path, *,
+                     max_concurrent: int, workers: int, gpus: float, cpus: float, storage: str,
+                     max_failures: int = 1) -> list[Any]:
+    """Train the top_k schedules, the paper's and plain AT at full length over the space's seeds
+    (a Tune grid, `max_concurrent` at once, resumable like the search); then best.yaml becomes the
+    winner by mean validation robust accuracy and report.md gets the comparison."""
+    import time
+
+    from ray import tune
+
+    from adr_scale.confirm import (
+        pick_candidates,
+        rank_correlation,
+        report_section,
+        run_name,
+        summarise,
+        write_winner,
+    )
+    from adr_scale.runfiles import latest_history
+
+    candidates = pick_candidates(space, ranked)
+    base_seed = space.long_run_config(candidates[0].params).seed
+    seeds = space.confirm_seed_list(base_seed)
+    trainable = tune.with_parameters(
+        run_confirm_trial, space=space, candidates={c.name: c.params for c in candidates},
+        workers=workers, gpus=gpus, cpus=cpus, storage=storage, max_failures=max_failures)
+    experiment = f"{storage.rstrip('/')}/{space.name}-confirm"
+    start = time.monotonic()
+    print(f"confirming {len(candidates)} schedules ({', '.join(c.name for c in candidates)}) at "
+          f"full length, seeds {seeds}: {len(candidates) * len(seeds)} runs")
+    if tune.Tuner.can_restore(experiment):
+        print(f"resuming the confirmation in {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"candidate": tune.grid_search([c.name for c in candidates]),
+                         "seed": tune.grid_search(seeds)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(name=f"{space.name}-confirm", storage_path=storage))
+    tuner.fit()
+    runs = {(c.name, s): latest_history(storage, run_name(space, c.name, s))
+            for c in candidates for s in seeds}
+    rows = summarise(candidates, seeds, runs)
+    write_winner(out / "best.yaml", space, rows[0], base_seed)
+    section = report_section(space, rows, rank_correlation(rows), out, time.monotonic() - start)
+    report = out / "report.md"
+    text = report.read_text() if report.exists() else ""
+    marker = "## Confirmation at full length"
+    text = text.split(marker)[0].rstrip() + "\n\n" + section
+    from adr_scale.rundir import atomic_write_text
+
+    atomic_write_text(report, text)
+    return rows
 
 
 def _space_record(space: SearchSpace) -> dict[str, Any]:
@@ -289,10 +374,16 @@ def main(argv: list[str] | None = None) -> int:
     if not best:
         print("error: no trial finished; see the Ray Tune output above", file=sys.stderr)
         return 1
+    top = best["best"]
     fields = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in best["fields"].items())
-    print(f"best trial {best['trial_id']}: val robust {best[METRIC]:.4f}, clean "
-          f"{best[CLEAN_METRIC]:.4f} after {best['epochs']} epochs; {fields}")
+                       for k, v in top["fields"].items())
+    print(f"best trial {top['trial_id']}: val robust {top[METRIC]:.4f}, clean "
+          f"{top[CLEAN_METRIC]:.4f} after {top['epochs']} epochs; {fields}")
+    for row in best.get("confirmed") or []:
+        print(f"  full length {row.candidate.name:9s} val robust {row.robust} %, clean "
+              f"{row.clean} % (seeds {row.seeds})")
+    if best.get("confirmed"):
+        print(f"confirmed winner: {best['confirmed'][0].candidate.name} (best.yaml)")
     print(f"report: {out / 'report.md'}\nthe long run with this schedule:\n"
           f"  python -m adr_scale.train --from-search {out} --out runs/{space.name}-long")
     return 0

@@ -17,9 +17,11 @@ from adr_scale.train import main as train_main
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _space(tmp_path, *, epochs, samples, lr=False):
+def _space(tmp_path, *, epochs, samples, lr=False, confirm=None, long_epochs=15):
     raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
     raw["budget"] = {"epochs": epochs}
+    raw["confirm"] = confirm or {"top_k": 0}  # the confirmation stage only where it is tested
+    raw["long_run"] = {"train.epochs": long_epochs}
     if lr:  # the warm start trains well; tiny learning rates do not, so ASHA has work to do
         raw["params"]["optim.lr"] = {"distribution": "loguniform", "low": 1e-4, "high": 0.2}
         raw["warm_start"]["optim.lr"] = 0.1
@@ -44,10 +46,15 @@ def _search(tmp_path, space, out):
                            "--out", str(out)], capture_output=True, text=True, timeout=400)
 
 
-@pytest.mark.timeout(450)
-def test_asha_stops_weak_trials_and_best_yaml_trains(tmp_path):
+@pytest.mark.timeout(600)
+def test_asha_stops_weak_trials_confirms_and_best_yaml_trains(tmp_path):
+    """References and ASHA in the search, then the confirmation stage (top 1 + the paper's
+    schedule + AT, 2 seeds, 2 full-length epochs): best.yaml is the confirmed winner."""
     out = tmp_path / "search"
-    done = _search(tmp_path, _space(tmp_path, epochs=2, samples=3, lr=True), out)
+    space = _space(tmp_path, epochs=2, samples=3, lr=True, confirm={"top_k": 1, "seeds": 2},
+                   long_epochs=2)
+    done = subprocess.run([sys.executable, "-m", "adr_scale.tune", "--space", str(space),
+                           "--out", str(out)], capture_output=True, text=True, timeout=560)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pq.read_table(out / "results.parquet").to_pylist()
     epochs: dict[str, int] = {}
@@ -58,13 +65,24 @@ def test_asha_stops_weak_trials_and_best_yaml_trains(tmp_path):
     assert stopped, f"ASHA stopped nothing: {epochs}"
     assert all(r["status"] == ("stopped early" if r["trial_id"] in stopped else "completed")
                for r in table)
+    assert sorted(r["reference"] for r in table if r["reference"]) and {
+        r["reference"] for r in table if r["reference"]} == {"AT", "paper"}  # both references ran
+    report = (out / "report.md").read_text()
+    assert "stopped early by ASHA" in report and "## Confirmation at full length" in report
+    rows = [line for line in report.splitlines() if line.startswith(("| AT", "| paper", "| search-1"))]
+    assert len(rows) == 3 and sum("**(winner)**" in r for r in rows) == 1, rows
+    winner = next(r for r in rows if "**(winner)**" in r).split()[1]
+    assert all(" +- " in r for r in rows)  # mean +- std over the 2 seeds
     best = load_yaml(out / "best.yaml")
-    assert best.train.epochs == 15  # full length, not the 2-epoch search fidelity
-    finals = [r for r in table if r["epoch"] == epochs[r["trial_id"]] == 2]
-    best_row = max(finals, key=lambda r: (r["val_robust_acc"], r["val_clean_acc"]))
-    assert best.adr.tau_start == pytest.approx(best_row["adr.tau_start"])
-    assert best.optim.lr == pytest.approx(best_row["optim.lr"])
-    assert "stopped early by ASHA" in (out / "report.md").read_text()
+    assert best.train.epochs == 2  # the space's long_run length, not the search fidelity
+    searched = [r for r in table if not r["reference"] and r["epoch"] == epochs[r["trial_id"]]]
+    top = max(searched, key=lambda r: (r["val_robust_acc"], r["val_clean_acc"]))
+    expected = {"AT": (0.0, 0.0, 0.1), "paper": (0.7, 0.95, 0.1),
+                "search-1": (top["adr.lambda_start"], top["adr.lambda_end"], top["optim.lr"])}
+    lam0, lam1, lr = expected[winner]
+    assert (best.adr.lambda_start, best.adr.lambda_end, best.optim.lr) == (
+        pytest.approx(lam0), pytest.approx(lam1), pytest.approx(lr))
+    assert "confirmed winner: " + winner in done.stdout
     assert (out / "optimization_history.png").exists()
     rc = train_main(["--from-search", str(out), "--workers", "0", "--no-progress", "--set",
                      "train.max_steps=3", "--set", "train.device=cpu", "--out",
@@ -100,6 +118,7 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
 def test_pbt_search_exports_a_learned_schedule_that_replays(tmp_path):
     raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
     raw |= {"name": "smoke-pbt", "budget": {"epochs": 2}, "num_samples": 2, "max_concurrent": 2,
+            "confirm": {"top_k": 0},
             "scheduler": {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5}}
     space = tmp_path / "pbt.yaml"
     space.write_text(yaml.safe_dump(raw))

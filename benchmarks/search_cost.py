@@ -47,14 +47,15 @@ def consumed_epochs(out: Path) -> tuple[int, dict[str, int]]:
 def main() -> None:
     args = parse_args()
     base = dataclasses.replace(load_space(args.space), sampler="random", epochs=args.epochs,
-                               grace_period=1, reduction_factor=args.reduction_factor)
+                               grace_period=1, reduction_factor=args.reduction_factor,
+                               confirm_top_k=0)  # the search alone: no full-length stage
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, scheduler in (("full", "none"), ("asha", "asha")):
             space = dataclasses.replace(base, scheduler=scheduler, name=f"cost-{label}")
             out = Path(tmp) / label
             best = run_search(space, out, num_samples=args.num_samples,
-                              max_concurrent=args.max_concurrent)
+                              max_concurrent=args.max_concurrent)["best"]
             epochs, _ = consumed_epochs(out)
             results[label] = {"epochs": epochs, "best_fields": best["fields"],
                               "best_val_robust_acc": best["val_robust_acc"]}

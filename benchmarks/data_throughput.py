@@ -240,18 +240,25 @@ def bench_memory(args, tmp: Path) -> dict:
     return res
 
 
-def _old_stream_module():
-    """adr_scale.data.synthetic as it was before the cache (the per-epoch shard stream)."""
+def module_from_git(rev: str, path: str, name: str):
+    """Module `path` as it was at commit `rev`, imported as `name` (an old version measured beside
+    the new one in the same run). Raises CalledProcessError outside a checkout holding `rev`."""
     import importlib.util
 
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{OLD_STREAM_REV}:adr_scale/data/synthetic.py"],
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"],
                             capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "old_synthetic.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_synthetic", path)
+    file = Path(tempfile.mkdtemp()) / f"{name}.py"
+    file.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while being defined
     spec.loader.exec_module(module)
     return module
+
+
+def _old_stream_module():
+    """adr_scale.data.synthetic as it was before the cache (the per-epoch shard stream)."""
+    return module_from_git(OLD_STREAM_REV, "adr_scale/data/synthetic.py", "old_synthetic")
 
 
 OLD_STREAM_REV = "af01065"  # the last commit that streamed shards per epoch
@@ -356,17 +363,7 @@ GEN_OLD_REV = "29db01c"  # the last commit whose sampler drew noise with CPU gen
 def _old_sampler():
     """data_pipeline.diffusion.sample as it was at GEN_OLD_REV: per-sample CPU generators, the
     noise copied to the device (initial and every DDPM step), eager fp32, NCHW."""
-    import importlib.util
-
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{GEN_OLD_REV}:data_pipeline/diffusion.py"],
-                            capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "old_diffusion.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_diffusion", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["old_diffusion"] = module  # its dataclasses look their module up while defined
-    spec.loader.exec_module(module)
-    return module.sample
+    return module_from_git(GEN_OLD_REV, "data_pipeline/diffusion.py", "old_diffusion").sample
 
 
 def _sync(device: torch.device) -> None:

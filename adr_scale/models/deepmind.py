@@ -79,38 +79,32 @@ class DMPreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.act2 = act()
         self.conv2 = conv3x3(out_ch, out_ch)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = SameConv2d(in_ch, out_ch, stride)
+        self.shortcut: nn.Module | None = self._shortcut(in_ch, out_ch, stride)
+
+    @staticmethod
+    def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
+        return SameConv2d(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else None
+
+    def _skip(self, x: Tensor, activated: Tensor) -> Tensor:
+        return x if self.shortcut is None else self.shortcut(x)  # the raw input, not `activated`
 
     def forward(self, x: Tensor) -> Tensor:  # (B, in_ch, H, W) -> (B, out_ch, H/s, W/s)
         out = self.act1(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(x)  # the raw input, not `out`
+        skip = self._skip(x, out)
         out = self.conv2(self.act2(self.bn2(self.conv1(out))))
         return out + skip
 
 
-class DMWideBlock(nn.Module):
-    """BN-act-conv(SAME, stride)-BN-act-conv plus shortcut; where the width changes the shortcut
-    is a 1x1 convolution of the pre-activated input (DeepMind's WRN block)."""
+class DMWideBlock(DMPreActBlock):
+    """The same block, but where the width changes the shortcut is a 1x1 convolution of the
+    pre-activated input (DeepMind's WRN block)."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, act: ActFactory) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.act1 = act()
-        self.conv1 = SameConv2d(in_ch, out_ch, stride)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.act2 = act()
-        self.conv2 = conv3x3(out_ch, out_ch)
-        self.shortcut: nn.Module | None = None
-        if in_ch != out_ch:
-            self.shortcut = conv1x1(in_ch, out_ch, stride)
+    @staticmethod
+    def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
+        return conv1x1(in_ch, out_ch, stride) if in_ch != out_ch else None
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, in_ch, H, W) -> (B, out_ch, H/s, W/s)
-        out = self.act1(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv2(self.act2(self.bn2(self.conv1(out))))
-        return out + skip
+    def _skip(self, x: Tensor, activated: Tensor) -> Tensor:
+        return x if self.shortcut is None else self.shortcut(activated)
 
 
 class DMNet(nn.Module):
@@ -198,7 +192,7 @@ def from_deepmind_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> d
     if not isinstance(net, DMNet):
         raise ValueError(f"model.arch: the DeepMind key map needs preact_resnet18_dm or "
                          f"wrn34_10_dm, got {type(net or model).__name__}")
-    stages = len(PREACT_BLOCKS) if isinstance(net.layers[0], DMPreActBlock) else len(WRN_STRIDES)
+    stages = len(PREACT_BLOCKS) if type(net.layers[0]) is DMPreActBlock else len(WRN_STRIDES)
     ours = model.state_dict()
     mapped = {deepmind_key(k, len(net.layers) // stages): v for k, v in state.items()}
     for key in ("normalize.mean", "normalize.std"):

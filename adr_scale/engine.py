@@ -50,13 +50,12 @@ from adr_scale.distributed import (
 from adr_scale.losses import trades_loss
 from adr_scale.models import create_model
 from adr_scale.models.layers import norm_parameters, set_bn_momentum
-from adr_scale.report import write_run_outputs
-from adr_scale.rundir import RunDir
+from adr_scale.report import RunOutputs
+from adr_scale.rundir import RunDir, atomic_torch_save
 from adr_scale.runguard import RunLock, TrainingDiverged
 from adr_scale.schedules import adr_schedule, learning_rate
 
 CHECKPOINT_FORMAT = 1
-PLOT_EVERY_S = 60.0  # PNGs are redrawn at most this often (and at the end)
 
 
 @dataclass
@@ -592,22 +591,17 @@ def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
     train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
     bar = tqdm(total=state.total_steps, initial=state.step, desc=f"train {Path(out).name}",
                unit="step", disable=not progress, dynamic_ncols=True)
-    last_plot = [time.monotonic()]
+    outputs = RunOutputs(run.path, cfg)
 
     def on_epoch_end(state: TrainState, row: dict[str, Any], improved: bool, save: bool) -> None:
-        finished = state.epoch == state.num_epochs
-        if save:
-            ckpt = checkpoint_state(state)
+        ckpt = checkpoint_state(state) if save else None
+        if ckpt is not None:
             run.save_epoch(ckpt, state.epoch, cfg.train.keep_checkpoints)
-            if improved:
-                run.save(ckpt, "best.pt")
-            if finished:
-                run.save(ckpt, "final.pt")
-        plots = finished or time.monotonic() - last_plot[0] > PLOT_EVERY_S
-        write_run_outputs(run.path, cfg, state.history, total_steps=state.total_steps,
-                          steps_per_epoch=state.steps_per_epoch, finished=finished, plots=plots)
-        if plots:
-            last_plot[0] = time.monotonic()
+        outputs.epoch_end(state.history, improved=improved,
+                          finished=state.epoch == state.num_epochs,
+                          total_steps=state.total_steps, steps_per_epoch=state.steps_per_epoch,
+                          write_checkpoint=None if ckpt is None
+                          else lambda path: atomic_torch_save(ckpt, path))
         if "val_robust_acc" in row:
             bar.write(epoch_line(state, row))
 

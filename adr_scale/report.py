@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from adr_scale.rundir import atomic_write_text
 from adr_scale.schedules import adr_schedule, learning_rate
 
 TEST_SECTION = "## Test set"  # written by adr_scale.evaluate; kept when summary.md is rewritten
+PLOT_EVERY_S = 60.0  # PNGs are redrawn at most this often (and at the end)
 
 
 def validated(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -185,3 +188,28 @@ def write_run_outputs(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]],
         plot_schedules(run_dir / "schedules.png", cfg, total_steps, steps_per_epoch,
                        rows[-1]["step"])
     return summary
+
+
+class RunOutputs:
+    """The end-of-epoch bookkeeping of a run directory, the same for the in-process loop
+    (engine.fit) and the Ray controller callback (train.py): best.pt and final.pt, then the
+    metrics, summaries and TensorBoard, and the PNGs at most every PLOT_EVERY_S seconds."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
+        self.run_dir, self.cfg = Path(run_dir), cfg
+        self.last_plot = time.monotonic()
+
+    def epoch_end(self, rows: list[dict[str, Any]], *, improved: bool, finished: bool,
+                  total_steps: int, steps_per_epoch: int,
+                  write_checkpoint: Callable[[Path], None] | None) -> None:
+        """`write_checkpoint(path)` writes this epoch's checkpoint to `path` (None: the epoch
+        saved none; an improved or final epoch always saves one)."""
+        if write_checkpoint is not None:
+            for wanted, name in ((improved, "best.pt"), (finished, "final.pt")):
+                if wanted:
+                    write_checkpoint(self.run_dir / name)
+        plots = finished or time.monotonic() - self.last_plot > PLOT_EVERY_S
+        write_run_outputs(self.run_dir, self.cfg, rows, total_steps=total_steps,
+                          steps_per_epoch=steps_per_epoch, finished=finished, plots=plots)
+        if plots:
+            self.last_plot = time.monotonic()

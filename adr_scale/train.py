@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from adr_scale.runfiles import (
     HISTORY_FILE,
     STATE_FILE,
     checkpoint_dir_name,
+    read_json,
     stored_checkpoint_config,
     write_checkpoint_files,
 )
@@ -239,8 +239,11 @@ def _make_callback(out: Path, cfg_dict: dict[str, Any]):
     directory current after every reported checkpoint: metrics, plots, best.pt, final.pt."""
     from ray.train import UserCallback
 
+    from adr_scale.report import RunOutputs
+
     class RunDirectoryCallback(UserCallback):
-        last_plot = 0.0
+        def __init__(self) -> None:
+            self.outputs = RunOutputs(out, validate(from_dict(cfg_dict)))  # the plot clock starts
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
             if checkpoint is None:
@@ -249,24 +252,13 @@ def _make_callback(out: Path, cfg_dict: dict[str, Any]):
 
                     atomic_write_text(out / DIVERGED_FILE, metrics[0]["diverged"])
                 return
-            from adr_scale.engine import PLOT_EVERY_S
-            from adr_scale.report import write_run_outputs
-            from adr_scale.runfiles import read_json
-
-            cfg = validate(from_dict(cfg_dict))
             row = metrics[0]
             fs, base = checkpoint.filesystem, checkpoint.path
-            history = read_json(fs, f"{base}/{HISTORY_FILE}")
-            finished = row["epoch"] == row["num_epochs"]
-            for wanted, name in ((row["improved"], "best.pt"), (finished, "final.pt")):
-                if wanted:
-                    _copy_from_storage(fs, f"{base}/{STATE_FILE}", out / name)
-            plots = finished or time.monotonic() - self.last_plot > PLOT_EVERY_S
-            write_run_outputs(out, cfg, history, total_steps=row["total_steps"],
-                              steps_per_epoch=row["steps_per_epoch"], finished=finished,
-                              plots=plots)
-            if plots:
-                self.last_plot = time.monotonic()
+            self.outputs.epoch_end(
+                read_json(fs, f"{base}/{HISTORY_FILE}"), improved=row["improved"],
+                finished=row["epoch"] == row["num_epochs"], total_steps=row["total_steps"],
+                steps_per_epoch=row["steps_per_epoch"],
+                write_checkpoint=lambda path: _copy_from_storage(fs, f"{base}/{STATE_FILE}", path))
 
     return RunDirectoryCallback()
 

@@ -33,6 +33,7 @@ from adr_scale.config import (
     from_dict,
     get_preset,
     load_yaml,
+    paper_text,
     to_dict,
     validate,
 )
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", help="named preset (see --list-presets); default: smoke")
+    parser.add_argument("--paper-text", action="store_true",
+                        help="with --preset: the paper's stated settings instead of the official "
+                        "config's (docs/presets.md lists the differences)")
     source.add_argument("--config", help="YAML config file (a run's config.yaml, a search's best.yaml)")
     source.add_argument("--from-search", metavar="DIR",
                         help="train the best schedule of a finished search (DIR/best.yaml)")
@@ -92,7 +96,10 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     elif args.config:
         cfg = load_yaml(args.config)
     else:
-        cfg = get_preset(args.preset or "smoke")
+        cfg = (paper_text if args.paper_text else get_preset)(args.preset or "smoke")
+    if args.paper_text and (args.from_search or args.config):
+        raise ConfigError("--paper-text: applies to --preset only; allowed: --preset NAME "
+                          "--paper-text")
     return apply_overrides(cfg, args.overrides)
 
 

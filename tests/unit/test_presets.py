@@ -305,3 +305,16 @@ def test_driver_notes_small_per_rank_batchnorm_batches_once():
     ddpm = get_preset("cifar100_preact_resnet18_ddpm_at_awp_adr")  # batch 1024
     assert batchnorm_note(ddpm, workers=16, gpus=1) is None  # 64 per rank
     assert "32 images per rank" in batchnorm_note(ddpm, workers=32, gpus=1)
+
+
+def test_paper_text_variant_is_one_flag_away(capsys, tmp_path):
+    from adr_scale.config import dump_yaml, paper_text
+    from adr_scale.train import main
+
+    name = "cifar10_resnet18_at_awp_adr"  # official tau 2.5 -> 1.5, lambda 0.7 -> 0.85, no Nesterov
+    assert main(["--preset", name, "--paper-text", "--print-config"]) == 0
+    assert capsys.readouterr().out.strip() == dump_yaml(paper_text(name)).strip()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(dump_yaml(paper_text(name)))
+    assert main(["--config", str(cfg), "--paper-text", "--print-config"]) == 2
+    assert "--paper-text: applies to --preset only" in capsys.readouterr().err

@@ -25,7 +25,15 @@ from tqdm.auto import tqdm
 from adr_scale.adr import EMATeacher, _unwrap, rectify_labels
 from adr_scale.attacks import pgd_linf, soft_cross_entropy
 from adr_scale.awp import AdversarialWeightPerturbation, perturbed
-from adr_scale.config import ConfigError, RunConfig, from_dict, to_dict, validate
+from adr_scale.checkpoint import (  # noqa: F401 - load_checkpoint and config_of: engine API
+    CHECKPOINT_FORMAT,
+    build_model,
+    config_of,
+    load_checkpoint,
+    nonfinite_tensors,
+    selected_network,
+)
+from adr_scale.config import ConfigError, RunConfig, to_dict, validate
 from adr_scale.data import (
     ArrayDataset,
     DatasetInfo,
@@ -48,14 +56,11 @@ from adr_scale.distributed import (
     rank_and_world,
 )
 from adr_scale.losses import trades_loss
-from adr_scale.models import create_model
 from adr_scale.models.layers import norm_parameters, set_bn_momentum
 from adr_scale.report import RunOutputs
 from adr_scale.rundir import RunDir, atomic_torch_save
 from adr_scale.runguard import RunLock, TrainingDiverged
 from adr_scale.schedules import adr_schedule, learning_rate
-
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -94,11 +99,6 @@ def resolve_device(name: str) -> torch.device:
                           f"{torch.cuda.device_count()} GPUs; allowed: cuda:0 to "
                           f"cuda:{torch.cuda.device_count() - 1}")
     return device
-
-
-def build_model(cfg: RunConfig, info: DatasetInfo) -> nn.Module:
-    return create_model(cfg.model.arch, info.num_classes, cfg.model.activation,
-                        in_channels=info.in_channels, mean=info.mean, std=info.std)
 
 
 def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.device,
@@ -289,7 +289,7 @@ def validate_models(state: TrainState, val: ArrayDataset) -> dict[str, float]:
         for name, model in (("student", _unwrap(state.model)), ("ema", state.ema)):
             for key, value in evaluate(model, val, **kwargs).items():
                 row[f"val_{key}_{name}"] = value
-    selected = "ema" if state.cfg.train.wa else "student"
+    selected = selected_network(state.cfg)
     row["val_clean_acc"] = row[f"val_clean_acc_{selected}"]
     row["val_robust_acc"] = row[f"val_robust_acc_{selected}"]
     return row
@@ -335,12 +335,6 @@ def check_finite(state: TrainState, losses: list[torch.Tensor], first: int) -> N
         f"training diverged at step {step + 1} (epoch {state.epoch + 1}): loss {loss}, "
         f"lr {lr:.4g}; nothing non-finite was saved; lower optim.lr (or raise "
         "optim.warmup_epochs) and rerun")
-
-
-def nonfinite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors of a state dict holding a NaN or an infinity."""
-    return [name for name, t in weights.items()
-            if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
 def check_weights_finite(state: TrainState) -> None:
@@ -457,10 +451,6 @@ def checkpoint_state(state: TrainState) -> dict[str, Any]:
     }
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def load_state(state: TrainState, ckpt: dict[str, Any]) -> None:
     _unwrap(state.model).load_state_dict(ckpt["model"])
     state.ema.module.load_state_dict(ckpt["ema"])
@@ -476,10 +466,6 @@ def load_state(state: TrainState, ckpt: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(rng["cuda"], state.device)
     else:  # a resized job: fresh, still deterministic, streams
         torch.manual_seed(rank_seed(state.cfg.seed, rank) + 7_919 * state.epoch)
-
-
-def config_of(ckpt: dict[str, Any]) -> RunConfig:
-    return validate(from_dict(ckpt["config"], source="checkpoint config"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,3 +36,8 @@ def git_revision() -> str | None:
                     if line.endswith(" " + ref):
                         return line.split()[0]
     return None
+
+
+def short_revision() -> str:
+    """The revision as benchmark records carry it: 12 hex digits, or 'unknown' outside a checkout."""
+    return (git_revision() or "unknown")[:12]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adr_scale.checkpoint import selected_network
 from adr_scale.config import RunConfig
 from adr_scale.rundir import atomic_write_text
 from adr_scale.schedules import adr_schedule, learning_rate
@@ -33,7 +34,7 @@ def summarize(rows: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
     best = max(val, key=lambda r: (r["val_robust_acc"], -r["epoch"]))
     final = val[-1]
     return {
-        "selected_model": "ema" if cfg.train.wa else "student",
+        "selected_model": selected_network(cfg),
         "best_epoch": best["epoch"],
         "best_val_robust_acc": best["val_robust_acc"],
         "best_val_clean_acc": best["val_clean_acc"],

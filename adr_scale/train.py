@@ -149,14 +149,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from adr_scale.checkpoint import load_checkpoint
     from adr_scale.data import ArrayDataset, load_splits
-    from adr_scale.engine import (
-        build_state,
-        load_checkpoint,
-        load_state,
-        open_synthetic,
-        run_epochs,
-    )
+    from adr_scale.engine import build_state, load_state, open_synthetic, run_epochs
 
     cfg = validate(from_dict(config["config"], source="train_loop_config"))
     device = ray.train.torch.get_device()

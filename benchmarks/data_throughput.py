@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # data_pipeline, when the editable install predates it
 
 from adr_scale.data.synthetic import SyntheticSet  # noqa: E402
+from adr_scale.provenance import short_revision as git_revision  # noqa: E402
 from data_pipeline.shard_npz import shard_npz  # noqa: E402
 
 
@@ -468,23 +469,6 @@ def bench_generate(args, tmp: Path) -> dict:
 
 
 CPU_DEVICE = torch.device("cpu")
-
-
-def git_revision() -> str:
-    """HEAD's commit read from .git (no git process)."""
-    try:
-        head = (REPO / ".git" / "HEAD").read_text().strip()
-        if head.startswith("ref: "):
-            ref = head[5:]
-            path = REPO / ".git" / ref
-            if path.is_file():
-                return path.read_text().strip()[:12]
-            for line in (REPO / ".git" / "packed-refs").read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return line.split()[0][:12]
-        return head[:12]
-    except OSError:
-        return "unknown"
 
 
 PARTS = {"build": bench_build, "gather": bench_gather, "memory": bench_memory,

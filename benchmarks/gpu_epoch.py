@@ -47,6 +47,7 @@ import torch
 from adr_scale.config import RunConfig, apply_overrides, get_preset, to_dict
 from adr_scale.data import DATASET_INFO, ArrayDataset, steps_per_epoch, train_batches
 from adr_scale.engine import build_state, train_step
+from adr_scale.provenance import short_revision as git_revision
 
 N_IMAGES = 50_000  # one CIFAR-10/100 training set
 GOAL_S = 15.0  # s per ResNet-18 epoch on one H100 (project goal)
@@ -239,24 +240,6 @@ def release(device: torch.device) -> None:
     torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def git_revision() -> str:
-    """HEAD's commit read from .git (no git process; 'unknown' outside a checkout)."""
-    git = Path(__file__).resolve().parents[1] / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head[:12]
-        ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()[:12]
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0][:12]
-    except OSError:
-        pass
-    return "unknown"
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from adr_scale.config import RunConfig, apply_overrides, get_preset, to_dict
 from adr_scale.data import DATASET_INFO
 from adr_scale.engine import build_state, resolve_device, train_step
+from adr_scale.provenance import short_revision as git_revision
 
 VARIANTS = {  # name -> overrides of the base config
     "AT": ["train.method=at", "adr.enabled=false", "awp.enabled=false"],
@@ -113,14 +113,6 @@ def make_passes(cfg: RunConfig, device: torch.device) -> dict[str, Callable[[], 
             state.ema(x)
 
     return {"fwd+bwd": fwd_bwd, "fwd": fwd}
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:

@@ -163,27 +163,12 @@ class Labeler:
     """An adr-scale checkpoint as a classifier: its EMA weights if it was trained with train.wa."""
 
     def __init__(self, path: str, device: torch.device) -> None:
-        from adr_scale.data import DATASET_INFO
-        from adr_scale.engine import build_model, config_of, load_checkpoint
+        from adr_scale.checkpoint import WEIGHTS_KEY, load_network
 
-        try:
-            ckpt = load_checkpoint(path)
-            cfg = config_of(ckpt)
-        except ConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-            raise ConfigError(f"--labeler: cannot read {path!r} as an adr-scale checkpoint "
-                              f"({type(exc).__name__}); allowed: a .pt written by adr_scale "
-                              "(best.pt / final.pt)") from None
-        info = DATASET_INFO[cfg.data.dataset]
-        self.weights = "ema" if cfg.train.wa else "model"
-        self.model = build_model(cfg, info)
-        try:
-            self.model.load_state_dict(ckpt[self.weights])
-        except (KeyError, RuntimeError) as exc:  # weights of another architecture or size
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-            raise ConfigError(f"--labeler: {path!r}: its {self.weights} weights do not fit "
-                              f"model.arch={cfg.model.arch!r} of its config ({first})") from None
+        net = load_network(path, flag="--labeler")  # one-line errors for any unusable file
+        info, cfg = net.info, net.cfg
+        self.weights = WEIGHTS_KEY[net.which]
+        self.model = net.module
         self.model.to(device).eval()
         self.device = device
         self.num_classes = info.num_classes

@@ -8,8 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from adr_scale.checkpoint import read_checkpoint
 from adr_scale.config import ConfigError
-from adr_scale.evaluate.checkpoint import load_model, load_test_set, read_checkpoint
+from adr_scale.evaluate.checkpoint import load_model, load_test_set
 from adr_scale.evaluate.options import EvalOptions, attack_label, note
 from adr_scale.evaluate.report import evaluate_checkpoint, report_markdown
 from adr_scale.rundir import atomic_write_text

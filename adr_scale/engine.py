@@ -110,7 +110,7 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
     model = build_model(cfg, info)
     if cfg.train.sync_batchnorm and rank_and_world()[1] > 1 and device.type == "cuda":
         model = convert_sync_batchnorm(model)  # PyTorch syncs BatchNorm on GPUs only
-    set_bn_momentum(model, cfg.model.bn_momentum)  # a first-step value is set by _objective
+    set_bn_momentum(model, cfg.model.bn_momentum)  # a first-step value is set by adversarial_batch_loss
     model = model.to(device)
     if cfg.train.channels_last:  # NHWC: faster convolutions on tensor cores; also runs on CPU
         model = model.to(memory_format=torch.channels_last)
@@ -164,8 +164,8 @@ def autocast(state: TrainState) -> contextlib.AbstractContextManager:
     return torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _objective(state: TrainState, x: torch.Tensor, target: torch.Tensor,
-               ) -> Callable[[nn.Module], torch.Tensor]:
+def adversarial_batch_loss(state: TrainState, x: torch.Tensor, target: torch.Tensor,
+                           ) -> Callable[[nn.Module], torch.Tensor]:
     """Build the adversarial batch for the configured method; return loss(module) on it."""
     cfg, model = state.cfg, state.model
     step0 = cfg.model.bn_momentum_step0
@@ -174,7 +174,7 @@ def _objective(state: TrainState, x: torch.Tensor, target: torch.Tensor,
     if cfg.train.method == "standard":
         return lambda m: soft_cross_entropy(m(x), target)
     if cfg.train.method == "trades":
-        return _trades_objective(cfg, model, x, target)
+        return trades_adversarial_batch_loss(cfg, model, x, target)
     # PGD-AT: the attack runs in train mode, as in Madry et al., Rice et al. and the official ADR
     # code (BatchNorm uses the batch's statistics while the attack is crafted).
     x_adv = pgd_linf(model, x, target, eps=cfg.attack.eps, alpha=cfg.attack.alpha,
@@ -182,8 +182,8 @@ def _objective(state: TrainState, x: torch.Tensor, target: torch.Tensor,
     return lambda m: soft_cross_entropy(m(x_adv), target)
 
 
-def _trades_objective(cfg: RunConfig, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-                      ) -> Callable[[nn.Module], torch.Tensor]:
+def trades_adversarial_batch_loss(cfg: RunConfig, model: nn.Module, x: torch.Tensor,
+                                  target: torch.Tensor) -> Callable[[nn.Module], torch.Tensor]:
     """TRADES' KL attack against p(x), then loss(m) = CE(m(x), target) + beta KL(m(x) || m(x_adv)).
 
     official (yuyuwu5/ADR): attack in train mode (batch statistics, running statistics updated)
@@ -224,7 +224,7 @@ def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor) ->
         if cfg.adr.enabled:
             with torch.no_grad():  # teacher on the clean augmented batch, before the attack
                 target = rectify_labels(state.ema(x), labels, tau, lam)  # (B, C)
-        loss_fn = _objective(state, x, target)
+        loss_fn = adversarial_batch_loss(state, x, target)
         state.optimizer.zero_grad(set_to_none=True)
         awp_on = state.awp is not None and state.step >= cfg.awp.warmup_epochs * state.steps_per_epoch
         if awp_on:
@@ -249,9 +249,9 @@ def _count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return (model(x).argmax(dim=1) == y).sum()
 
 
-def evaluate(model: nn.Module, data: ArrayDataset, *, eps: float, alpha: float, steps: int,
-             batch_size: int, device: torch.device,
-             amp: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+def validation_accuracy(model: nn.Module, data: ArrayDataset, *, eps: float, alpha: float,
+                        steps: int, batch_size: int, device: torch.device,
+                        amp: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
     """Clean and PGD-`steps` accuracy of `model` (eval mode) on `data`; one host sync at the end.
 
     Under torch.distributed each rank attacks its contiguous share of the images and the counts
@@ -287,7 +287,7 @@ def validate_models(state: TrainState, val: ArrayDataset) -> dict[str, float]:
     with torch.random.fork_rng(devices=[state.device] if state.device.type == "cuda" else []):
         torch.manual_seed(rank_seed(state.cfg.seed, rank) + 104_729 * (state.epoch + 1))
         for name, model in (("student", _unwrap(state.model)), ("ema", state.ema)):
-            for key, value in evaluate(model, val, **kwargs).items():
+            for key, value in validation_accuracy(model, val, **kwargs).items():
                 row[f"val_{key}_{name}"] = value
     selected = selected_network(state.cfg)
     row["val_clean_acc"] = row[f"val_clean_acc_{selected}"]

@@ -23,7 +23,7 @@ from adr_scale.config import (
     to_dict,
 )
 from adr_scale.data import load_splits
-from adr_scale.engine import _objective, build_state, train_step
+from adr_scale.engine import adversarial_batch_loss, build_state, train_step
 from adr_scale.presets_doc import DOC, render
 from adr_scale.schedules import adr_values
 from adr_scale.train import batchnorm_note
@@ -234,7 +234,7 @@ def test_official_trades_step_equals_the_official_code(digits):
     a, cfg = state.cfg.attack, state.cfg
     torch.manual_seed(3)
     state.model.train()
-    ours = _objective(state, x, y)(state.model)
+    ours = adversarial_batch_loss(state, x, y)(state.model)
     torch.manual_seed(3)
     want = _official_trades_loss(reference, x, y, a.eps, a.alpha, a.steps, cfg.train.trades_beta)
     assert ours.item() == pytest.approx(want.item(), rel=1e-6, abs=1e-7)
@@ -250,7 +250,7 @@ def test_zhang_trades_attacks_in_eval_mode(digits):
     x = torch.rand(32, 1, 8, 8)
     y = torch.randint(0, 10, (32,))
     state.model.train()
-    loss_fn = _objective(state, x, y)
+    loss_fn = adversarial_batch_loss(state, x, y)
     assert bn.num_batches_tracked.item() == 0  # p(x) and the attack: eval mode
     loss_fn(state.model)
     assert bn.num_batches_tracked.item() == 2  # separate clean and adversarial forwards

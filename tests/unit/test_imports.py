@@ -1,0 +1,90 @@
+"""The package imports go one way (no cycles) and Ray stays at the edge (ARCHITECTURE.md): read
+from the source with ast, so imports inside functions count too."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("adr_scale", "data_pipeline")
+RAY_ALLOWED = ("adr_scale.train", "adr_scale.tune", "data_pipeline")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """Every module `name` imports anywhere in its source (ray as 'ray')."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importing module's package
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            for alias in node.names:  # `from pkg import submodule` imports the submodule
+                sub = f"{base}.{alias.name}"
+                out.add(sub if sub in modules else base)
+    return out
+
+
+def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    modules = _modules()
+    raw = {name: _imports(path, name, modules) for name, path in modules.items()}
+    internal = {name: {m for m in deps if m in modules and m != name} for name, deps in raw.items()}
+    return internal, raw
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_package_imports_have_no_cycle():
+    graph, _ = _graph()
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_ray_is_imported_only_by_the_drivers_and_the_data_pipeline():
+    _, raw = _graph()
+    importers = sorted(name for name, deps in raw.items()
+                       if any(d == "ray" or d.startswith("ray.") for d in deps))
+    outside = [n for n in importers if not any(n == a or n.startswith(a + ".") for a in RAY_ALLOWED)]
+    assert outside == [] and "adr_scale.train" in importers  # the walk does see lazy imports
+
+
+def test_reports_never_import_the_drivers():
+    graph, _ = _graph()
+    for report in ("adr_scale.search_report", "adr_scale.report", "adr_scale.runfiles"):
+        assert not graph[report] & {"adr_scale.train", "adr_scale.tune"}, report
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None

@@ -68,7 +68,6 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
-        self.metrics_file = self.path / "metrics.jsonl"
 
     def prepare(self, cfg: RunConfig, executor: dict[str, Any]) -> None:
         """Create the directory, or check that an existing run was made with the same config and
@@ -112,13 +111,15 @@ class RunDir:
     def has_progress(self) -> bool:
         """Whether an epoch finished here (its row, checkpoint, best.pt or final.pt exists)."""
         return (bool(self._epoch_checkpoints()) or (self.path / "best.pt").exists()
-                or (self.path / "final.pt").exists() or bool(self.read_metrics_safe()))
+                or (self.path / "final.pt").exists() or self._has_metric_rows())
 
-    def read_metrics_safe(self) -> list[dict[str, Any]]:
+    def _has_metric_rows(self) -> bool:
         try:
-            return self.read_metrics()
+            return any((self.path / "metrics.jsonl").read_text().splitlines())
+        except FileNotFoundError:
+            return False
         except (OSError, ValueError):
-            return [{}]  # a torn metrics file still means rows were written
+            return True  # a torn or unreadable metrics file still means rows were written
 
     def check_executor(self, executor: dict[str, Any]) -> None:
         """One resume source per run: the in-process and the Ray path keep their checkpoints in
@@ -173,27 +174,3 @@ class RunDir:
         for _, old in sorted(self._epoch_checkpoints())[:-keep]:
             old.unlink(missing_ok=True)
         return path
-
-    def save(self, state: dict[str, Any], name: str) -> Path:
-        path = self.path / name
-        atomic_torch_save(state, path)
-        return path
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_file.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
-
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Drop rows after `last_epoch` (written before a crash that lost their checkpoint)."""
-        rows = [r for r in self.read_metrics() if r["epoch"] <= last_epoch]
-        atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in rows))
-
-    def append_metrics(self, row: dict[str, Any]) -> None:
-        with self.metrics_file.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")

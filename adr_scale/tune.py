@@ -341,8 +341,9 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
     section = report_section(space, rows, rank_correlation(rows), out, time.monotonic() - start)
     report = out / "report.md"
     text = report.read_text() if report.exists() else ""
-    marker = "## Confirmation at full length"
-    text = text.split(marker)[0].rstrip() + "\n\n" + section
+    # the search's own "Next" (best trial -> best.yaml) no longer holds: the section says what does
+    text = text.split("## Confirmation at full length")[0].split("## Next")[0].rstrip()
+    text += "\n\n" + section
     from adr_scale.rundir import atomic_write_text
 
     atomic_write_text(report, text)

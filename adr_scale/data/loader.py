@@ -25,13 +25,19 @@ class Splits:
 
 
 def split_validation(train: ArrayDataset, val_size: int, split_seed: int,
-                     ) -> tuple[ArrayDataset, ArrayDataset]:
-    """Carve `val_size` images out of the training set with a fixed seed (never the test set)."""
+                     train_size: int | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+    """Carve `val_size` images out of the training set with a fixed seed (never the test set);
+    keep `train_size` of the rest (None: all), drawn with the same seed, so runs compare."""
     if val_size >= len(train):
         raise ConfigError(f"data.val_size: {val_size} leaves no training images; allowed: "
                           f"an integer in [1, {len(train) - 1}] for this dataset")
+    if train_size is not None and train_size > len(train) - val_size:
+        raise ConfigError(f"data.train_size: {train_size} exceeds the {len(train) - val_size} "
+                          f"images left after data.val_size={val_size}; allowed: null or an "
+                          f"integer in [1, {len(train) - val_size}]")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed))
-    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    rest = order[val_size:] if train_size is None else order[val_size:val_size + train_size]
+    val_idx, train_idx = order[:val_size].sort().values, rest.sort().values
     return (ArrayDataset(train.images[train_idx], train.labels[train_idx]),
             ArrayDataset(train.images[val_idx], train.labels[val_idx]))
 
@@ -47,7 +53,7 @@ def load_splits(cfg: DataConfig) -> Splits:
         raise
     except ValueError as exc:  # the readers name data.root and what they expected
         raise ConfigError(str(exc)) from None
-    train, val = split_validation(full_train, cfg.val_size, cfg.split_seed)
+    train, val = split_validation(full_train, cfg.val_size, cfg.split_seed, cfg.train_size)
     return Splits(train=train, val=val, test=test, info=DATASET_INFO[cfg.dataset])
 
 

@@ -8,6 +8,7 @@ from adr_scale.models.layers import conv3x3, init_weights
 from adr_scale.models.registry import ActFactory, register_model
 
 WIDTHS = (16, 32)  # channels of the two conv layers
+WIDE_WIDTHS = (64, 128)  # tiny_wide: enough capacity to fit adversarial digits (robust overfitting)
 POOL = 2  # output side of the average pool: POOL x POOL cells per channel
 
 
@@ -21,10 +22,11 @@ class TinyNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, act: ActFactory, in_channels: int, batch_norm: bool
+        self, num_classes: int, act: ActFactory, in_channels: int, batch_norm: bool,
+        widths: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        c1, c2 = WIDTHS
+        c1, c2 = widths or WIDTHS
         self.features = nn.Sequential(
             conv3x3(in_channels, c1, bias=not batch_norm),
             nn.BatchNorm2d(c1) if batch_norm else nn.Identity(),
@@ -38,8 +40,8 @@ class TinyNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W), already normalised
-        out = self.features(x)  # (B, 32, H/2, W/2)
-        return self.fc(self.pool(out).flatten(1))  # (B, 32 * 4) -> (B, num_classes)
+        out = self.features(x)  # (B, c2, H/2, W/2)
+        return self.fc(self.pool(out).flatten(1))  # (B, c2 * 4) -> (B, num_classes)
 
 
 @register_model("tiny")
@@ -50,3 +52,9 @@ def tiny(num_classes: int, act: ActFactory, in_channels: int) -> nn.Module:
 @register_model("tiny_nonorm")
 def tiny_nonorm(num_classes: int, act: ActFactory, in_channels: int) -> nn.Module:
     return TinyNet(num_classes, act, in_channels, batch_norm=False)
+
+
+@register_model("tiny_wide")
+def tiny_wide(num_classes: int, act: ActFactory, in_channels: int) -> nn.Module:
+    """tiny at 4x the width (~80k weights on digits): the digits_overfit preset's network."""
+    return TinyNet(num_classes, act, in_channels, batch_norm=True, widths=WIDE_WIDTHS)

@@ -19,10 +19,25 @@ from typing import Any
 
 import yaml
 
+# The built-in names (config imports no torch, so it cannot ask the registries); a test keeps
+# them equal to adr_scale.models' registry and adr_scale.data's DATASET_INFO, and an architecture
+# registered later with @register_model is added by allow_name, so validation accepts it.
 DATASETS = ("cifar10", "cifar100", "digits", "tinyimagenet200")
 ARCHS = ("preact_resnet18", "preact_resnet18_dm", "resnet18", "tiny", "tiny_nonorm", "tiny_wide",
          "wrn28_10", "wrn34_10", "wrn34_10_dm")
 ACTIVATIONS = ("relu", "silu")
+_ALLOWED: dict[str, set[str]] = {"data.dataset": set(DATASETS), "model.arch": set(ARCHS),
+                                 "model.activation": set(ACTIVATIONS)}
+
+
+def allow_name(field_name: str, name: str) -> None:
+    """Accept `name` for `field_name` (data.dataset, model.arch, model.activation) from now on:
+    the registries call this for every name they register."""
+    _ALLOWED[field_name].add(name)
+
+
+def allowed_names(field_name: str) -> list[str]:
+    return sorted(_ALLOWED[field_name])
 METHODS = ("at", "standard", "trades")
 SCHEDULES = ("cyclic", "piecewise")
 PRECISIONS = ("bf16", "fp32")
@@ -156,7 +171,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check every field a user can get wrong; raise ConfigError with one line on the first."""
     d, m, a, r, w, o, t = cfg.data, cfg.model, cfg.attack, cfg.adr, cfg.awp, cfg.optim, cfg.train
     checks: list[tuple[str, Any, bool, str]] = [
-        ("data.dataset", d.dataset, d.dataset in DATASETS, ", ".join(DATASETS)),
+        ("data.dataset", d.dataset, d.dataset in _ALLOWED["data.dataset"],
+         ", ".join(allowed_names("data.dataset"))),
         ("data.val_size", d.val_size, d.val_size >= 1, "an integer >= 1"),
         ("data.train_size", d.train_size, d.train_size is None or d.train_size >= 1,
          "null (all) or an integer >= 1"),
@@ -168,8 +184,9 @@ def validate(cfg: RunConfig) -> RunConfig:
          "fast, webdataset"),
         ("data.synthetic_device", d.synthetic_device, d.synthetic_device in ("cpu", "cuda"),
          "cpu, cuda"),
-        ("model.arch", m.arch, m.arch in ARCHS, ", ".join(ARCHS)),
-        ("model.activation", m.activation, m.activation in ACTIVATIONS, ", ".join(ACTIVATIONS)),
+        ("model.arch", m.arch, m.arch in _ALLOWED["model.arch"], ", ".join(allowed_names("model.arch"))),
+        ("model.activation", m.activation, m.activation in _ALLOWED["model.activation"],
+         ", ".join(allowed_names("model.activation"))),
         ("model.bn_momentum", m.bn_momentum, 0.0 < m.bn_momentum <= 1.0, "a number in (0, 1]"),
         ("model.bn_momentum_step0", m.bn_momentum_step0,
          m.bn_momentum_step0 is None or 0.0 < m.bn_momentum_step0 <= 1.0,

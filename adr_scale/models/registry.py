@@ -11,6 +11,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
+from adr_scale.config import allow_name
 from adr_scale.models.normalize import Normalize
 
 ActFactory = Callable[[], nn.Module]
@@ -47,6 +48,7 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
         if name in _MODELS:
             raise ValueError(f"model.arch: architecture '{name}' is already registered")
         _MODELS[name] = builder
+        allow_name("model.arch", name)  # so RunConfig validation accepts it too
         return builder
 
     return decorator

@@ -196,3 +196,27 @@ def test_register_model_adds_a_buildable_architecture(monkeypatch):
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 4)
     with pytest.raises(ValueError, match="already registered"):
         register_model("linear_probe")(linear_probe)
+
+
+def test_config_names_are_the_registries_and_a_registered_model_is_accepted():
+    from adr_scale.config import ACTIVATIONS, ARCHS, DATASETS, apply_overrides, get_preset
+    from adr_scale.data import DATASET_INFO
+    from adr_scale.models import list_models, register_model
+    from adr_scale.models.registry import _ACTIVATIONS
+
+    assert sorted(ARCHS) == list_models() and sorted(DATASETS) == sorted(DATASET_INFO)
+    assert sorted(ACTIVATIONS) == sorted(_ACTIVATIONS)
+
+    from adr_scale.config import _ALLOWED
+    from adr_scale.models.registry import _MODELS
+
+    @register_model("test_only_linear")
+    def linear(num_classes, act, in_channels):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+    try:
+        cfg = apply_overrides(get_preset("smoke"), ["model.arch=test_only_linear"])  # validates
+        assert cfg.model.arch == "test_only_linear"
+    finally:  # leave the registries as the other tests expect them
+        _MODELS.pop("test_only_linear")
+        _ALLOWED["model.arch"].discard("test_only_linear")

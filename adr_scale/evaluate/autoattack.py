@@ -120,9 +120,10 @@ def _read_state(path: Path | None, fingerprint: dict[str, Any]) -> dict[str, Any
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         state = None
-    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
-        note(f"AutoAttack state {str(path)!r} is unreadable or was made for another "
-              "evaluation; starting afresh")
+    if (not isinstance(state, dict) or state.get("fingerprint") != fingerprint
+            or state.get("format") != STATE_FORMAT):
+        note(f"AutoAttack state {str(path)!r} is unreadable, of another format or was made for "
+             "another evaluation; starting afresh")
         return None
     state["robust"] = torch.tensor([c == "1" for c in state["robust"]], dtype=torch.bool)
     return state

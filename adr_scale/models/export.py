@@ -44,6 +44,9 @@ def load_exported(directory: str | Path, device: str | torch.device = "cpu") -> 
         if not (d / name).is_file():
             raise ConfigError(f"load_exported: {str(d / name)!r} does not exist")
     meta = json.loads((d / "model.json").read_text())
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ConfigError(f"load_exported: {str(d / 'model.json')!r} has format "
+                          f"{meta.get('format')!r}; allowed: {EXPORT_FORMAT} (export it again)")
     model = create_model(meta["architecture"], meta["num_classes"], meta["activation"],
                          in_channels=meta["in_channels"], mean=tuple(meta["mean"]),
                          std=tuple(meta["std"]))

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from adr_scale import evaluate as ev
-from adr_scale.evaluate import autoattack as ev_autoattack
-from adr_scale.evaluate import sanity as ev_sanity
 from adr_scale.config import ConfigError, apply_overrides, get_preset
 from adr_scale.data import to_float
 from adr_scale.engine import fit, load_checkpoint
+from adr_scale.evaluate import autoattack as ev_autoattack
+from adr_scale.evaluate import sanity as ev_sanity
 from adr_scale.models import create_model
 
 EPS = 16 / 255  # the smoke preset's training radius (digits are 8x8: 8/255 barely moves them)
@@ -105,6 +105,10 @@ def test_batched_driver_matches_autoattack_and_resumes(run_dir, tmp_path, monkey
     fresh = ev.run_autoattack(_custom_autoattack(loaded.module), backend, x, y, batch_size=16,
                               state_path=state, fingerprint={"test": 2})  # another evaluation
     assert not fresh.resumed and torch.equal(fresh.robust, whole.robust)
+    saved = json.loads(state.read_text())
+    assert ev_autoattack._read_state(state, saved["fingerprint"]) is not None
+    state.write_text(json.dumps(saved | {"format": 99}))  # the format is checked, not only written
+    assert ev_autoattack._read_state(state, saved["fingerprint"]) is None
 
 
 @pytest.mark.slow
@@ -282,6 +286,9 @@ def test_export_loads_with_identical_predictions(run_dir, tmp_path):
         assert not torch.equal(model(x), student(x))  # it exported the EMA network, not this one
     with pytest.raises(ConfigError, match="load_exported: .*model.json' does not exist"):
         ev.load_exported(tmp_path)
+    (tmp_path / "zoo" / "model.json").write_text(json.dumps(meta | {"format": 99}))
+    with pytest.raises(ConfigError, match="has format 99; allowed: 1"):  # checked, not only written
+        ev.load_exported(tmp_path / "zoo")
 
 
 # ---------------------------------------------------------------------------------------------

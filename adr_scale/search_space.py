@@ -83,6 +83,7 @@ class SearchSpace:
     references: bool = True  # run the paper's schedule (warm_start) and plain AT in the search
     confirm_top_k: int = 3  # schedules retrained at full length after the search (0: none)
     confirm_seeds: int = 3  # seeds of each full-length run
+    confirm_concurrent: int | None = None  # full-length runs at once (None: max_concurrent)
     source: str = "<space>"
 
     # -- materialising configs ------------------------------------------------------------
@@ -275,15 +276,18 @@ def _boolean(source: str, key: str, value: Any) -> bool:
 
 
 def _parse_confirm(source: str, value: Any) -> dict[str, int]:
-    """confirm: {top_k: K, seeds: S}; top_k 0 skips the full-length confirmation."""
+    """confirm: {top_k: K, seeds: S[, max_concurrent: C]}; top_k 0 skips the confirmation."""
     value = {} if value is None else value
-    if not isinstance(value, dict) or set(value) - {"top_k", "seeds"}:
-        _fail(source, f"confirm: expected {{top_k: K, seeds: S}}, got {value!r}")
+    if not isinstance(value, dict) or set(value) - {"top_k", "seeds", "max_concurrent"}:
+        _fail(source, f"confirm: expected {{top_k: K, seeds: S, max_concurrent: C}}, got {value!r}")
     top_k = value.get("top_k", 3)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
         _fail(source, f"confirm.top_k: invalid value {top_k!r}; allowed: an integer >= 0")
+    concurrent = value.get("max_concurrent")
     return {"confirm_top_k": top_k,
-            "confirm_seeds": _positive_int(source, "confirm.seeds", value.get("seeds", 3))}
+            "confirm_seeds": _positive_int(source, "confirm.seeds", value.get("seeds", 3)),
+            "confirm_concurrent": None if concurrent is None else _positive_int(
+                source, "confirm.max_concurrent", concurrent)}
 
 
 def _fraction(source: str, key: str, value: Any) -> float:

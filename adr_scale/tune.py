@@ -247,8 +247,9 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         raise ConfigError(f"--resume: no search to resume in {experiment!r}")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
+        at_once = max(max_concurrent, space.confirm_concurrent or 0)  # search or confirmation
         local_cpus = None if address else max(os.cpu_count() or 1,
-                                              max_concurrent * (1 + math.ceil(workers * cpus)))
+                                              at_once * (1 + math.ceil(workers * cpus)))
         ray.init(address=address, num_cpus=local_cpus)
     trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial
     trainable = tune.with_parameters(trial_fn, space=space, workers=workers, gpus=gpus,
@@ -269,7 +270,8 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     result = write_search_outputs(space, grid, out, optuna_url, storage)
     if result and space.confirm_top_k > 0 and space.scheduler != "pbt":  # PBT: see the README
         result["confirmed"] = run_confirmation(
-            space, result["ranked"], out, max_concurrent=max_concurrent, workers=workers,
+            space, result["ranked"], out, workers=workers,
+            max_concurrent=space.confirm_concurrent or max_concurrent,
             gpus=gpus, cpus=cpus, storage=storage, max_failures=max_failures)
     return result
 

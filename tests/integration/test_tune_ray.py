@@ -51,8 +51,8 @@ def test_asha_stops_weak_trials_confirms_and_best_yaml_trains(tmp_path):
     """References and ASHA in the search, then the confirmation stage (top 1 + the paper's
     schedule + AT, 2 seeds, 2 full-length epochs): best.yaml is the confirmed winner."""
     out = tmp_path / "search"
-    space = _space(tmp_path, epochs=2, samples=3, lr=True, confirm={"top_k": 1, "seeds": 2},
-                   long_epochs=2)
+    space = _space(tmp_path, epochs=2, samples=3, lr=True, long_epochs=2,
+                   confirm={"top_k": 1, "seeds": 2, "max_concurrent": 2})
     done = subprocess.run([sys.executable, "-m", "adr_scale.tune", "--space", str(space),
                            "--out", str(out)], capture_output=True, text=True, timeout=560)
     assert done.returncode == 0, done.stderr[-3000:]

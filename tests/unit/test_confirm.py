@@ -75,3 +75,27 @@ def test_summary_pairs_by_seed_and_ranks_by_mean(space, tmp_path):
     text = report_section(space, rows, rank_correlation(rows), tmp_path, 120.0)
     assert "| search-1 **(winner)** |" in text and "74.00 +- 1.00" in text
     assert "+3.00" in text and "python -m adr_scale.evaluate --run runs/smoke-long" in text
+
+
+def test_confirm_block_is_validated_in_one_line():
+    import yaml
+
+    from adr_scale.config import ConfigError
+    from adr_scale.search_space import parse_space
+
+    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    space = parse_space(raw | {"confirm": {"top_k": 1, "seeds": 2, "max_concurrent": 4}})
+    assert (space.confirm_top_k, space.confirm_seeds, space.confirm_concurrent) == (1, 2, 4)
+    assert parse_space(raw).confirm_concurrent is None  # the search's max_concurrent
+    for bad, message in (({"top_k": -1}, "confirm.top_k: invalid value -1"),
+                         ({"seeds": 0}, "confirm.seeds: invalid value 0"),
+                         ({"repeats": 2}, "confirm: expected")):
+        with pytest.raises(ConfigError, match=message) as exc:
+            parse_space(raw | {"confirm": bad})
+        assert "\n" not in str(exc.value)
+    no_lambda = raw | {"params": {k: v for k, v in raw["params"].items() if "lambda" not in k},
+                       "warm_start": {"adr.tau_start": 2.5, "adr.tau_end": 2.0}}
+    with pytest.raises(ConfigError, match=r"params.adr.lambda_start: not searched; allowed: a "
+                                          r"range holding 0 .* or references: false"):
+        parse_space(no_lambda)
+    assert parse_space(no_lambda | {"references": False}).reference_points() == {}

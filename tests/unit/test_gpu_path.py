@@ -124,3 +124,18 @@ def test_device_side_indices_give_the_cpu_batches(digits):
                 real_stream_batches(on_gpu, 700, 3, 5, 4, gpu, rank=1, world_size=2), strict=True)
     for a, b in pairs:
         assert torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda_is_exact_with_bf16_and_channels_last(tmp_path):
+    """The CUDA RNG state travels in the checkpoint (cuda-only branch of checkpoint_state)."""
+    from adr_scale.engine import fit, load_checkpoint
+
+    cfg = _cfg("train.device=cuda", "train.epochs=2", "train.precision=bf16",
+               "train.channels_last=true")
+    fit(cfg, tmp_path / "whole", progress=False)
+    fit(cfg, tmp_path / "cut", until_epoch=1, progress=False)
+    fit(cfg, tmp_path / "cut", progress=False)
+    a, b = (load_checkpoint(tmp_path / r / "final.pt")["model"] for r in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

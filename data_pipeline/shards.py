@@ -239,9 +239,14 @@ def read_manifest(directory: Path) -> Manifest | None:
     path = directory / MANIFEST
     if not path.is_file():
         return None
-    table = pq.read_table(path)
-    meta = json.loads(table.schema.metadata[META_KEY])
-    rows = {r["shard"]: r for r in table.to_pylist()}
+    try:
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[META_KEY])
+        rows = {r["shard"]: r for r in table.to_pylist()}
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds on a corrupt file
+        raise ConfigError(f"{path}: not a readable manifest ({type(exc).__name__}); allowed: the "
+                          "manifest.parquet data_pipeline wrote (restore it, or rerun into a new "
+                          "directory)") from None
     return Manifest(meta, rows)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from adr_scale.config import ConfigError
 from data_pipeline import generate_ddpm, shard_npz, verify
 from data_pipeline.cli import run_main
 from data_pipeline.diffusion import Labeler, _labelled
@@ -366,3 +367,24 @@ def test_parser_errors_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--shard-size" in err and "0" in err
     assert isinstance(shard_npz.parse_args(["--npz", "x", "--out", "y"]), argparse.Namespace)
+
+
+def test_corrupt_manifest_is_one_line_in_verify_shard_npz_and_generate(tmp_path, capsys):
+    """verify, shard_npz and generate_ddpm all read the manifest through read_manifest."""
+    _npz(tmp_path / "set.npz", 12, (8, 8, 3), False, np.int64)
+    out = tmp_path / "shards"
+    argv = ["--npz", str(tmp_path / "set.npz"), "--out", str(out), "--shard-size", "6",
+            "--no-progress"]
+    assert run_main("shard_npz", shard_npz.main, argv) == 0
+    (out / "manifest.parquet").write_bytes(b"PAR1 torn")
+    before = _stat(out)
+    for name, main, args in (("verify", verify.main, [str(out)]),
+                             ("shard_npz", shard_npz.main, argv)):
+        assert run_main(name, main, args) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "manifest.parquet: not a readable manifest" in err, err
+    assert _stat(out) == before  # nothing rewritten
+    from data_pipeline.shards import open_output
+
+    with pytest.raises(ConfigError, match="not a readable manifest"):  # generate_ddpm's entry
+        open_output(out)

@@ -117,9 +117,10 @@ def build_state(cfg: RunConfig, info: DatasetInfo, n_train: int, device: torch.d
     ema = EMATeacher(model, cfg.adr.ema_decay, warmup=cfg.adr.ema_warmup)
     params: Any = model.parameters()
     if cfg.optim.no_decay_norm_bias:  # official code / Wang et al. with DDPM data
-        exempt = {id(p) for p in norm_parameters(model)}
+        norms = norm_parameters(model)
+        exempt = {id(p) for p in norms}
         params = [{"params": [p for p in model.parameters() if id(p) not in exempt]},
-                  {"params": norm_parameters(model), "weight_decay": 0.0}]
+                  {"params": norms, "weight_decay": 0.0}]
     optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
                                 weight_decay=cfg.optim.weight_decay)
@@ -389,7 +390,6 @@ def open_synthetic(cfg: RunConfig, info: DatasetInfo, rank: int = 0, world_size:
     decoded cache (the others wait for it); check_only reads only the manifest (the Ray driver)."""
     if not cfg.data.synthetic:
         return None
-    from adr_scale.config import ConfigError
     from adr_scale.data.synthetic import (
         SyntheticLoader,
         SyntheticSet,

@@ -35,11 +35,10 @@ def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any
         epochs = rows[-1]["epoch"] if rows else 0
         status = ("error" if result.error else "completed" if epochs >= space.epochs
                   else "stopped early")
+        fields = space.field_values(params) if len(params) == len(space.params) else {}
         trials.append({
-            "trial_id": trial_id, "status": status, "params": params,
-            "fields": space.field_values(params) if len(params) == len(space.params) else {},
-            "reference": (space.reference_of(space.field_values(params))
-                          if len(params) == len(space.params) else None),
+            "trial_id": trial_id, "status": status, "params": params, "fields": fields,
+            "reference": space.reference_of(fields) if fields else None,
             "rows": rows, "epochs": epochs,
             "segments": saved.get("segments", {}).get("segments", []),
             METRIC: rows[-1].get(METRIC, math.nan) if rows else math.nan,

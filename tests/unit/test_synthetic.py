@@ -124,6 +124,13 @@ def test_loader_yields_the_batches_and_counts_distinct_images_across_a_resume(sy
     assert resumed.distinct_seen == loader.distinct_seen
 
 
+def test_resident_copy_goes_a_slice_at_a_time_and_is_exact(synth):
+    from adr_scale.data.synthetic import _to_device_in_chunks
+
+    copied = _to_device_in_chunks(synth.array(), torch.device("cpu"), chunk_bytes=1000)  # 6 rows
+    assert torch.equal(copied, torch.from_numpy(synth.array().copy()))
+
+
 def test_cache_is_built_once_for_two_concurrent_processes(shards, tmp_path):
     """Both processes queue on the lock (held here first); one builds, the other maps its result."""
     import hashlib

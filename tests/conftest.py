@@ -7,6 +7,14 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Per TorchTrainer.fit, what a one-node CPU test never uses: the preemption watcher (an actor
+# process polling for node drains), Prometheus metrics and the JSON log files of controller and
+# workers. benchmarks/fit_overhead.py measures the CPU seconds a fit saves (README "Tests").
+# Every os.environ setting here reaches the subprocess drivers (CLI tests) and Ray's workers.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 

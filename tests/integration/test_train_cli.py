@@ -23,14 +23,15 @@ def _rows(run):
 def test_killed_driver_resumes_with_the_same_command(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "adr_scale.train", "--preset", "smoke", "--set", "train.epochs=3",
-           "--set", "train.device=cpu", "--out", str(out), "--no-progress"]
+           "--set", "train.device=cpu", "--set", "attack.eval_steps=2",  # a cheaper validation
+           "--out", str(out), "--no-progress"]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                              start_new_session=True)
     deadline = time.monotonic() + 200
     seen: list[dict] = []
     while time.monotonic() < deadline and len(seen) < 1:
-        time.sleep(0.5)
+        time.sleep(0.2)
         try:
             seen = _rows(out)
         except (OSError, ValueError):

@@ -48,11 +48,16 @@ def _search(tmp_path, space, out):
 
 @pytest.mark.timeout(600)
 def test_asha_stops_weak_trials_confirms_and_best_yaml_trains(tmp_path):
-    """References and ASHA in the search, then the confirmation stage (top 1 + the paper's
-    schedule + AT, 2 seeds, 2 full-length epochs): best.yaml is the confirmed winner."""
+    """References and ASHA in the search (3 trials of 2 epochs), then the confirmation stage
+    (top 1 + the paper's schedule + AT, 2 seeds, 1 full-length epoch): best.yaml is the confirmed
+    winner. Nine TorchTrainer.fit calls in all, each mostly Ray start-up: the epochs are kept
+    short and the validation attack cheap (PGD-3)."""
     out = tmp_path / "search"
-    space = _space(tmp_path, epochs=2, samples=3, lr=True, long_epochs=2,
+    space = _space(tmp_path, epochs=2, samples=3, lr=True, long_epochs=1,
                    confirm={"top_k": 1, "seeds": 2, "max_concurrent": 2})
+    raw = yaml.safe_load(space.read_text())
+    raw["fixed"]["attack.eval_steps"] = 3  # in every trial, confirmation run and best.yaml
+    space.write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "adr_scale.tune", "--space", str(space),
                            "--out", str(out)], capture_output=True, text=True, timeout=560)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -74,7 +79,8 @@ def test_asha_stops_weak_trials_confirms_and_best_yaml_trains(tmp_path):
     winner = next(r for r in rows if "**(winner)**" in r).split()[1]
     assert all(" +- " in r for r in rows)  # mean +- std over the 2 seeds
     best = load_yaml(out / "best.yaml")
-    assert best.train.epochs == 2  # the space's long_run length, not the search fidelity
+    assert best.train.epochs == 1  # the space's long_run length, not the search fidelity (2)
+    assert best.attack.eval_steps == 3  # the space's fixed fields
     searched = [r for r in table if not r["reference"] and r["epoch"] == epochs[r["trial_id"]]]
     top = max(searched, key=lambda r: (r["val_robust_acc"], r["val_clean_acc"]))
     expected = {"AT": (0.0, 0.0, 0.1), "paper": (0.7, 0.95, 0.1),

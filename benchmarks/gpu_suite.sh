@@ -6,8 +6,9 @@
 #   -> $OUT/gpu_suite.json (all numbers, with nvidia-smi, torch, git), $OUT/*.log
 #
 # Parts (each with its own time budget, so one stuck part cannot eat the rest):
-#   pytest_gpu   the gpu-marked tests (pinned/resident synthetic loaders, device-side indices,
-#                device noise in generation)
+#   pytest_gpu   the gpu-marked tests of tests/unit (pinned/resident synthetic loaders, device-side
+#                indices, device noise in generation, and tests/unit/test_cuda_branches.py: one test
+#                per CUDA-only branch, e.g. SyncBatchNorm on two ranks, cudnn.benchmark)
 #   step_cost    AT / AT+ADR / TRADES / AWP step cost, fp32 and bf16+channels_last, ratio to ideal
 #   step_compile compiled vs eager AT and AT+ADR (bf16+channels_last), AT / ideal with compile
 #   gpu_epoch    s/epoch for AT, AT+ADR, AT+AWP+ADR x fp32, bf16+cl, bf16+cl+compile, against the

@@ -94,18 +94,16 @@ def test_batch_that_does_not_split_is_refused(tmp_path):
 def test_diverged_ray_run_stops_once_with_one_line(ray_cluster, tmp_path):
     """Issue 14 item 1 on Ray: the workers report the divergence instead of raising, so Ray does
     not restart them (max_failures=3 would rerun a run that diverges again) and nothing is saved."""
-    import time
-
     from adr_scale.runguard import TrainingDiverged
     from adr_scale.train import launch
 
     cfg = apply_overrides(get_preset("smoke"), ["train.device=cpu", "optim.lr=1e6",
                                                 "train.log_every=2"])
-    start = time.monotonic()
+    # a worker that raised would be restarted 3 times and end in Ray's TrainingFailedError, not
+    # in the driver's TrainingDiverged read from the report
     with pytest.raises(TrainingDiverged, match=r"training diverged at step 6 \(epoch 1\): loss "
                                                r"nan, lr 3.333e\+05"):
         launch(cfg, tmp_path / "nan", workers=2, max_failures=3, progress=False)
-    assert time.monotonic() - start < 120
     assert not any((tmp_path / "nan" / n).exists() for n in ("best.pt", "final.pt", ".diverged"))
 
 

@@ -396,7 +396,7 @@ def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_conc
     refuses PBT beside a search algorithm): then Tune samples the space and warm-starts it.
     Successive halving pauses trials at its rungs: a ConcurrencyLimiter would count them as
     running and never propose the rest of the bracket, so there the trials at once are bounded
-    by the CPUs (`run_search` sizes a local Ray for `max_concurrent`)."""
+    by a custom resource instead (`_bounded`)."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
@@ -412,6 +412,42 @@ def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_conc
     return {"tune_config": tune.TuneConfig(
         search_alg=searcher, scheduler=_scheduler(space, num_samples, state_dir),
         num_samples=num_samples)}
+
+
+SEARCH_SLOT = "adr_search_trial"  # a custom Ray resource: one per search trial at once
+
+
+def _local_ray_options(max_concurrent: int) -> dict[str, Any]:
+    """ray.init options of the local Ray a search starts: `max_concurrent` search slots
+    (`_bounded`), and its GCS on a port chosen here and named to every worker in RAY_ADDRESS.
+    Ray Train's placement-group cleaner finds the cluster through the State API, which refuses to
+    guess when other Ray instances run on the machine (a shared box, CI runners) and then leaks
+    the placement group of every stopped or paused trial, until no Train worker can start."""
+    import socket
+
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local start
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    return {"resources": {SEARCH_SLOT: max_concurrent},
+            "runtime_env": {"env_vars": {"RAY_ADDRESS": address}}}
+
+
+def _bounded(space: SearchSpace, trainable):
+    """Under halving no ConcurrencyLimiter bounds the trials at once (it would count the paused
+    ones and stop proposing): each trial then also takes one of the `SEARCH_SLOT`s that a local
+    Ray gets (`max_concurrent` of them) and that a paused trial gives back. Unbounded, Tune
+    starts a trial actor per free CPU and their Train workers wait for a CPU forever. On a
+    cluster, `ray start --resources='{"adr_search_trial": N}'` on one node bounds it the same way."""
+    import ray
+    from ray import tune
+
+    if space.scheduler != "halving" or not ray.cluster_resources().get(SEARCH_SLOT):
+        return trainable
+    return tune.with_resources(trainable, {"CPU": 1, SEARCH_SLOT: 1})
 
 
 def check_args(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
@@ -455,10 +491,12 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         at_once = max(max_concurrent, space.confirm_concurrent or 0)  # search or confirmation
         local_cpus = None if address else max(os.cpu_count() or 1,
                                               at_once * (1 + math.ceil(workers * cpus)))
-        ray.init(address=address, num_cpus=local_cpus)
+        ray.init(address=address, num_cpus=local_cpus,
+                 **({} if address else _local_ray_options(max_concurrent)))
     trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial
-    trainable = tune.with_parameters(trial_fn, space=space, workers=workers, gpus=gpus,
-                                     cpus=cpus, storage=storage, max_failures=max_failures)
+    trainable = _bounded(space, tune.with_parameters(
+        trial_fn, space=space, workers=workers, gpus=gpus, cpus=cpus, storage=storage,
+        max_failures=max_failures))
     if tune.Tuner.can_restore(experiment):
         print(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,

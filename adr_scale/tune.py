@@ -265,6 +265,9 @@ def _make_halving_class():
 
         # -- state ------------------------------------------------------------------------
 
+        def __getstate__(self) -> dict[str, Any]:
+            return self.__dict__ | {"_state": None}  # the file, not a pickled copy, holds it
+
         def _records(self) -> dict[str, Any]:
             if self._state is None:
                 fresh = {"bracket": self._bracket, "milestones": self._milestones,

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -75,11 +76,11 @@ def test_pbt_exploits_and_best_yaml_replays_the_winners_schedule(tmp_path):
         assert donor in trials and donor != trial
         assert (out / "ray" / "smoke-pbt" / f"pbt_policy_{trial}.txt").exists()  # Tune's record
         spans = [(e["from"], e["until"]) for e in seg["lineage"]]
-        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in pairwise(spans))
         assert spans[-1][1] == 3
     # Every trial's learned schedule replays what it trained with, exploited or not.
     base = load_yaml(out / "best.yaml")
-    for trial, (seg, rows) in trials.items():
+    for seg, rows in trials.values():
         assert [r["epoch"] for r in rows] == [1, 2, 3]
         adr = dataclasses.replace(base.adr, segments=format_segments(
             [tuple(s) for s in seg["segments"]]))

@@ -2,8 +2,9 @@
 
 Every trial is a Ray Train run of the same training code as `adr_scale.train` (a TorchTrainer
 with TuneReportCallback, as Ray 2.60 requires); Optuna (TPE or random, in a SQLite or PostgreSQL
-study) proposes the ranges; ASHA stops weak trials early. The objective is validation PGD
-robust accuracy (`objective: pareto` adds clean accuracy); the test set is never used.
+study) proposes the ranges; successive halving (synchronous) or ASHA stops weak trials early,
+or PBT learns a schedule. The objective is validation PGD robust accuracy (`objective: pareto`
+adds clean accuracy); the test set is never used.
 
 Examples:
   python -m adr_scale.tune --space search_spaces/smoke.yaml --out runs/search-smoke

@@ -354,6 +354,7 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
     """Run the steps of epoch `state.epoch` (up to total_steps); return its training metrics."""
     cfg = state.cfg
     losses = []
+    first_step = state.step
     start = time.perf_counter()
     for images, labels in _epoch_batches(state, train, synthetic, rank, world_size):
         if state.step >= state.total_steps:
@@ -373,6 +374,9 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
     seconds = time.perf_counter() - start
     row = {"train_loss": loss, "steps_in_epoch": len(losses), "lr": lr, "tau": tau, "lambda": lam,
            "samples_per_s": round(len(losses) * cfg.train.batch_size / seconds, 1)}
+    if losses:  # the values this epoch's first and last steps used (a PBT replay is checked on them)
+        for key, at in (("first", first_step), ("last", state.step - 1)):
+            row[f"tau_{key}"], row[f"lambda_{key}"] = adr_schedule(cfg.adr, at, state.total_steps)
     if synthetic is not None:  # global counts, every rank alike
         n_synth = round(cfg.data.synthetic_fraction * cfg.train.batch_size)
         row |= {"samples_real": len(losses) * (cfg.train.batch_size - n_synth),

@@ -81,18 +81,26 @@ def write_checkpoint_files(directory: Path, ckpt: dict[str, Any],
     (directory / CONFIG_FILE).write_text(json.dumps(ckpt["config"]))
 
 
-def write_segment_files(src: Path, dst: Path, segments: list[list[float]], epoch: int) -> None:
+def write_segment_files(src: Path, dst: Path, segments: list[list[float]], epoch: int,
+                        lineage: list[dict[str, Any]] | None = None) -> None:
     """A PBT trial's Tune checkpoint: its Train checkpoint's state and rows plus the schedule
-    learned so far (`segments`, after `epoch` epochs)."""
+    learned so far (`segments`, after `epoch` epochs) and the segment runs that trained this
+    state (`lineage`: trial, from, until, run; a donor's entries name the donor)."""
     for name in (STATE_FILE, HISTORY_FILE):
         (dst / name).write_bytes((src / name).read_bytes())
-    (dst / SEGMENTS_FILE).write_text(json.dumps({"segments": segments, "epoch": epoch}))
+    (dst / SEGMENTS_FILE).write_text(json.dumps({"segments": segments, "epoch": epoch,
+                                                 "lineage": lineage or []}))
 
 
 def read_segments(directory: Path) -> tuple[list[list[float]], int]:
     """(segments, epochs done) of a PBT trial's Tune checkpoint directory."""
     saved = json.loads((directory / SEGMENTS_FILE).read_text())
     return saved["segments"], saved["epoch"]
+
+
+def read_lineage(directory: Path) -> list[dict[str, Any]]:
+    """The segment runs behind a PBT trial's Tune checkpoint ([] for an older checkpoint)."""
+    return json.loads((directory / SEGMENTS_FILE).read_text()).get("lineage", [])
 
 
 def tune_checkpoint_files(checkpoint) -> dict[str, Any]:

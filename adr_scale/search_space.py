@@ -31,7 +31,7 @@ from adr_scale.config import (
 DISTRIBUTIONS = ("categorical", "int", "loguniform", "uniform")
 OBJECTIVES = ("pareto", "robust")
 SAMPLERS = ("random", "tpe")
-SCHEDULERS = ("asha", "none", "pbt")
+SCHEDULERS = ("asha", "halving", "none", "pbt")
 TOP_KEYS = ("base", "budget", "confirm", "fixed", "long_run", "max_concurrent", "name",
             "num_samples", "objective", "params", "pbt", "references", "sampler", "scheduler",
             "search", "warm_start")
@@ -73,8 +73,8 @@ class SearchSpace:
     sampler: str = "tpe"
     seed: int = 0
     scheduler: str = "asha"
-    grace_period: int = 1  # ASHA: epochs before the first cut
-    reduction_factor: int = 2  # ASHA: keep the top 1/rf at each rung
+    grace_period: int = 1  # ASHA / halving: epochs before the first cut
+    reduction_factor: int = 2  # ASHA / halving: keep the top 1/rf at each rung
     perturbation_interval: int = 2  # PBT: epochs between exploit / explore
     quantile_fraction: float = 0.25  # PBT: the bottom fraction copies the top fraction
     epochs: int = 10  # per-trial budget at search fidelity (train.epochs during the search)
@@ -337,6 +337,7 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
         _fail(source, f"scheduler.type: unknown scheduler {scheduler!r}; allowed: "
                       + ", ".join(SCHEDULERS))
     allowed = {"asha": {"type", "grace_period", "reduction_factor"},
+               "halving": {"type", "grace_period", "reduction_factor"},
                "pbt": {"type", "perturbation_interval", "quantile_fraction"},
                "none": {"type"}}[scheduler["type"]]
     extra = set(scheduler) - allowed
@@ -383,9 +384,15 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
         **_parse_confirm(source, raw.get("confirm")),
         source=source,
     )
-    if space.scheduler == "asha" and space.grace_period > space.epochs:
+    if space.scheduler in ("asha", "halving") and space.grace_period > space.epochs:
         _fail(source, f"scheduler.grace_period: {space.grace_period} exceeds budget.epochs="
                       f"{space.epochs}")
+    if space.scheduler == "halving" and space.reduction_factor < 2:
+        _fail(source, f"scheduler.reduction_factor: invalid value {space.reduction_factor}; "
+                      "allowed: an integer >= 2 (each rung keeps 1 / reduction_factor)")
+    if space.scheduler == "halving" and space.grace_period >= space.epochs:
+        _fail(source, f"scheduler.grace_period: {space.grace_period} leaves no rung below "
+                      f"budget.epochs={space.epochs}; allowed: an integer < budget.epochs")
     _check_types(space)
     _check_materialises(space)
     return space

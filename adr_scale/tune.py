@@ -2,8 +2,9 @@
 
 Every trial is a Ray Train run of the same training code as `adr_scale.train` (a TorchTrainer
 with TuneReportCallback, as Ray 2.60 requires); Optuna (TPE or random, in a SQLite or PostgreSQL
-study) proposes the ranges; ASHA stops weak trials early. The objective is validation PGD
-robust accuracy (`objective: pareto` adds clean accuracy); the test set is never used.
+study) proposes the ranges; successive halving (synchronous) or ASHA stops weak trials early,
+or PBT learns a schedule. The objective is validation PGD robust accuracy (`objective: pareto`
+adds clean accuracy); the test set is never used.
 
 Examples:
   python -m adr_scale.tune --space search_spaces/smoke.yaml --out runs/search-smoke
@@ -30,7 +31,7 @@ from typing import Any
 
 from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, to_dict
-from adr_scale.runfiles import read_segments, write_segment_files
+from adr_scale.runfiles import read_lineage, read_segments, write_segment_files
 from adr_scale.runguard import RunLock
 from adr_scale.search_space import CLEAN_METRIC, METRIC, DefineByRun, SearchSpace, load_space
 
@@ -86,14 +87,16 @@ def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, g
     that starts from the previous segment's checkpoint (after an exploit: another trial's, which
     Tune hands over as this trial's Tune checkpoint), and report a Tune checkpoint after each.
     When the tau / lambda ranges change, the learned schedule (adr.segments) gains a segment, so
-    the winner's schedule can be replayed at full length."""
+    the winner's schedule can be replayed at full length. The checkpoint's lineage names the
+    segment runs (and so the donor of an exploit) that trained the state."""
     import ray.tune
 
     start = ray.tune.get_checkpoint()
-    segments, done = [], 0
+    segments, done, lineage = [], 0, []
     if start is not None:
         with start.as_directory() as directory:
             segments, done = read_segments(Path(directory))
+            lineage = read_lineage(Path(directory))
     cfg = space.trial_config({p.name: params[p.name] for p in space.params})
     a = cfg.adr
     current = [a.tau_start, a.tau_end, a.lambda_start, a.lambda_end]
@@ -102,14 +105,25 @@ def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, g
         segments.append([done / space.epochs, *current])
     while done < space.epochs:
         until = min(done + space.perturbation_interval, space.epochs)
-        start = _train_segment(space, cfg, segments, start, done, until, workers, gpus, cpus,
-                               storage, max_failures)
+        start, lineage = _train_segment(space, cfg, segments, lineage, start, done, until,
+                                        workers, gpus, cpus, storage, max_failures)
         done = until
 
 
-def _train_segment(space, cfg, segments, start, done: int, until: int, workers: int, gpus: float,
-                   cpus: float, storage: str, max_failures: int):
-    """Train epochs done+1..until from `start`; report them to Tune with a checkpoint."""
+def _segment_run_name(space: SearchSpace, trial_id: str, done: int, lineage, cfg) -> str:
+    """A deterministic Ray Train run name, unique per (state it starts from, config): a trial that
+    exploits a donor's state (or the same state twice with new values) must not resume a run of
+    its own with the same start epoch, and a restarted driver must find the run it interrupted."""
+    import hashlib
+
+    key = json.dumps([lineage, to_dict(cfg)], sort_keys=True, default=str)
+    return f"{space.name}-{trial_id}-from{done:04d}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def _train_segment(space, cfg, segments, lineage, start, done: int, until: int, workers: int,
+                   gpus: float, cpus: float, storage: str, max_failures: int):
+    """Train epochs done+1..until from `start`; report them to Tune with a checkpoint; return
+    (the Train checkpoint, the lineage of its state)."""
     import dataclasses
     import tempfile
 
@@ -122,16 +136,18 @@ def _train_segment(space, cfg, segments, start, done: int, until: int, workers: 
     cfg = validate(dataclasses.replace(cfg, adr=dataclasses.replace(
         cfg.adr, segments=format_segments([tuple(s) for s in segments]))))
     trial_id = ray.tune.get_context().get_trial_id()
+    name = _segment_run_name(space, trial_id, done, lineage, cfg)
     result = make_trainer(
         {"config": to_dict(cfg), "init_checkpoint": start, "until_epoch": until},
-        name=f"{space.name}-{trial_id}-from{done:04d}", storage=storage, workers=workers,
+        name=name, storage=storage, workers=workers,
         gpus=gpus, cpus=cpus, max_failures=max_failures).fit()
+    lineage = [*lineage, {"trial": trial_id, "from": done, "until": until, "run": name}]
     with result.checkpoint.as_directory() as src, tempfile.TemporaryDirectory() as dst:
-        write_segment_files(Path(src), Path(dst), segments, until)
+        write_segment_files(Path(src), Path(dst), segments, until, lineage)
         metrics = {k: v for k, v in result.metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(dst))
-    return result.checkpoint
+    return result.checkpoint, lineage
 
 
 def _pbt_domain(p):
@@ -175,7 +191,10 @@ def _first_points(space: SearchSpace) -> list[dict[str, Any]] | None:
     return points or None
 
 
-def _scheduler(space: SearchSpace):
+HALVING_STATE = "halving_rungs.json"  # in --out: the successive-halving rung records
+
+
+def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None = None):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     if space.scheduler == "pbt":
@@ -188,13 +207,200 @@ def _scheduler(space: SearchSpace):
         return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=space.epochs,
                              grace_period=space.grace_period,
                              reduction_factor=space.reduction_factor)
+    if space.scheduler == "halving":
+        import adr_scale.tune as module  # this module, also when run as __main__
+
+        path = Path(state_dir or ".") / HALVING_STATE
+        path.unlink(missing_ok=True)  # a new search: rung records of an old one do not apply
+        return module.SuccessiveHalving(
+            metric=METRIC, max_t=space.epochs, bracket=num_samples,
+            grace_period=space.grace_period, reduction_factor=space.reduction_factor,
+            state_path=str(path))
     return FIFOScheduler()
 
 
+def rung_milestones(max_t: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """Epochs at which successive halving ranks a rung: grace * rf**k below the budget."""
+    milestones, m = [], grace_period
+    while m < max_t:
+        milestones.append(m)
+        m *= reduction_factor
+    return milestones
+
+
+def halving_cost(n: int, max_t: int, grace_period: int, reduction_factor: int) -> int:
+    """Epochs one bracket of n trials consumes: each rung keeps floor(kept / rf), at least one."""
+    cost, kept, done = 0, n, 0
+    for m in rung_milestones(max_t, grace_period, reduction_factor) + [max_t]:
+        cost += kept * (m - done)
+        kept, done = max(1, kept // reduction_factor), m
+    return cost
+
+
+def _make_halving_class():
+    """SuccessiveHalving subclasses a Ray class, and Ray is imported lazily (tests, --help):
+    built on first use, under this module's name so Tune's tuner.pkl unpickles it."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class SuccessiveHalving(FIFOScheduler):
+        """Synchronous successive halving over one bracket of `bracket` trials (Jamieson and
+        Talwalkar 2016; HyperBand's most aggressive bracket). A trial that reaches a rung
+        (grace * rf**k epochs) is paused until every trial of the rung has reported; then the
+        best floor(n / rf) (at least one) continue and the rest stop. Unlike asynchronous ASHA,
+        no trial passes a rung for being early, so the cost of a bracket is fixed
+        (`halving_cost`). The rung records are saved to `state_path` after every change and
+        read back on a restored search (Tune saves no scheduler state in its experiment
+        checkpoint), so a resumed search ranks against the records made before the kill.
+
+        A paused trial's Train run keeps its checkpoints: unpaused, `run_trial` rebuilds the
+        same named Ray Train run, which resumes from its latest epoch."""
+
+        def __init__(self, *, metric: str, max_t: int, bracket: int, grace_period: int,
+                     reduction_factor: int, state_path: str, time_attr: str = "epoch"):
+            super().__init__()
+            self._metric, self._time_attr, self._max_t = metric, time_attr, max_t
+            self._bracket, self._rf, self._path = bracket, reduction_factor, state_path
+            self._milestones = rung_milestones(max_t, grace_period, reduction_factor)
+            self._state = None  # read lazily: on a restore the file holds the records
+
+        # -- state ------------------------------------------------------------------------
+
+        def __getstate__(self) -> dict[str, Any]:
+            return self.__dict__ | {"_state": None}  # the file, not a pickled copy, holds it
+
+        def _records(self) -> dict[str, Any]:
+            if self._state is None:
+                fresh = {"bracket": self._bracket, "milestones": self._milestones,
+                         "recorded": {str(m): {} for m in self._milestones},
+                         "promoted": {str(m): None for m in self._milestones}, "ended": []}
+                try:
+                    self._state = json.loads(Path(self._path).read_text())
+                except FileNotFoundError:
+                    self._state = fresh
+            return self._state
+
+        def _save(self) -> None:
+            from adr_scale.rundir import atomic_write_text
+
+            atomic_write_text(Path(self._path), json.dumps(self._state, indent=1) + "\n")
+
+        def _expected(self, k: int) -> set[str] | None:
+            """Trial ids rung k waits for (None at the first rung: any `bracket` trials)."""
+            if k == 0:
+                return None
+            return set(self._records()["promoted"][str(self._milestones[k - 1])] or ())
+
+        def _full(self, k: int) -> bool:
+            st = self._records()
+            recorded, ended = set(st["recorded"][str(self._milestones[k])]), set(st["ended"])
+            expected = self._expected(k)
+            if expected is None:
+                return len(recorded) + len(ended - recorded) >= st["bracket"]
+            return st["promoted"][str(self._milestones[k - 1])] is not None and (
+                expected <= recorded | ended)
+
+        def _decide(self, tune_controller) -> None:
+            """Rank every rung that is complete and undecided; stop its paused losers."""
+            st = self._records()
+            for k, m in enumerate(self._milestones):
+                if st["promoted"][str(m)] is not None or not self._full(k):
+                    continue
+                scores = st["recorded"][str(m)]
+                ranked = sorted(scores, key=lambda t: (-scores[t], t))
+                st["promoted"][str(m)] = ranked[:max(1, len(ranked) // self._rf)]
+                self._save()
+                losers = set(ranked) - set(st["promoted"][str(m)])
+                for trial in tune_controller.get_trials():
+                    if trial.trial_id in losers and trial.status == Trial.PAUSED:
+                        tune_controller.stop_trial(trial)
+
+        # -- Tune's scheduler interface ---------------------------------------------------
+
+        def set_search_properties(self, metric, mode, **spec) -> bool:
+            return True  # the metric is fixed (validation robust accuracy, maximised)
+
+        def on_trial_add(self, tune_controller, trial) -> None:
+            self._records()
+
+        def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+            if self._time_attr not in result or self._metric not in result:
+                return TrialScheduler.CONTINUE
+            st, t, tid = self._records(), result[self._time_attr], trial.trial_id
+            score = float(result[self._metric])
+            for m in self._milestones:
+                if t < m:
+                    break
+                recorded, promoted = st["recorded"][str(m)], st["promoted"][str(m)]
+                if tid not in recorded:  # the first result at or past this rung
+                    recorded[tid] = score if score == score else float("-inf")  # NaN: last
+                    self._save()
+                    self._decide(tune_controller)
+                    promoted = st["promoted"][str(m)]
+                if promoted is None:
+                    return TrialScheduler.PAUSE  # until the rung is complete
+                if tid not in promoted:
+                    return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+
+        def _ended(self, tune_controller, trial) -> None:
+            st = self._records()
+            if trial.trial_id not in st["ended"]:
+                st["ended"].append(trial.trial_id)
+                self._save()
+            self._decide(tune_controller)
+
+        def on_trial_complete(self, tune_controller, trial, result) -> None:
+            self._ended(tune_controller, trial)
+
+        def on_trial_error(self, tune_controller, trial) -> None:
+            self._ended(tune_controller, trial)
+
+        def on_trial_remove(self, tune_controller, trial) -> None:
+            self._ended(tune_controller, trial)
+
+        def choose_trial_to_run(self, tune_controller):
+            """New trials first (they fill the first rung), then paused winners."""
+            st = self._records()
+            trials = tune_controller.get_trials()
+            for trial in trials:
+                if trial.status == Trial.PENDING:
+                    return trial
+            for trial in trials:
+                at = [m for m in self._milestones if trial.trial_id in st["recorded"][str(m)]]
+                if trial.status == Trial.PAUSED and at and trial.trial_id in (
+                        st["promoted"][str(at[-1])] or ()):
+                    return trial
+            return None
+
+        def debug_string(self) -> str:
+            st = self._records()
+            return "Successive halving: " + ", ".join(
+                f"epoch {m}: {len(st['recorded'][str(m)])} recorded"
+                + (f", {len(st['promoted'][str(m)])} kept" if st["promoted"][str(m)] else "")
+                for m in self._milestones)
+
+    SuccessiveHalving.__module__ = "adr_scale.tune"  # not __main__ under python -m
+    SuccessiveHalving.__qualname__ = "SuccessiveHalving"
+    return SuccessiveHalving
+
+
+def __getattr__(name: str):
+    """Module attribute SuccessiveHalving, built on first access: Tune pickles the scheduler
+    into tuner.pkl by reference, and a restore in a fresh process looks it up here."""
+    if name == "SuccessiveHalving":
+        globals()[name] = cls = _make_halving_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_concurrent: int,
-                 ) -> dict[str, Any]:
+                 state_dir: Path | None = None) -> dict[str, Any]:
     """Optuna proposes the trials, except under PBT, which mutates a population itself (Tune
-    refuses PBT beside a search algorithm): then Tune samples the space and warm-starts it."""
+    refuses PBT beside a search algorithm): then Tune samples the space and warm-starts it.
+    Successive halving pauses trials at its rungs: a ConcurrencyLimiter would count them as
+    running and never propose the rest of the bracket, so there the trials at once are bounded
+    by a custom resource instead (`_bounded`)."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
@@ -204,9 +410,48 @@ def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_conc
                     search_alg=BasicVariantGenerator(points_to_evaluate=_first_points(space),
                                                      max_concurrent=max_concurrent),
                     scheduler=_scheduler(space), num_samples=num_samples)}
+    searcher = _searcher(space, optuna_url, max_concurrent)
+    if space.scheduler == "halving":
+        searcher = searcher.searcher  # without the ConcurrencyLimiter (see above)
     return {"tune_config": tune.TuneConfig(
-        search_alg=_searcher(space, optuna_url, max_concurrent), scheduler=_scheduler(space),
+        search_alg=searcher, scheduler=_scheduler(space, num_samples, state_dir),
         num_samples=num_samples)}
+
+
+SEARCH_SLOT = "adr_search_trial"  # a custom Ray resource: one per search trial at once
+
+
+def _local_ray_options(max_concurrent: int) -> dict[str, Any]:
+    """ray.init options of the local Ray a search starts: `max_concurrent` search slots
+    (`_bounded`), and its GCS on a port chosen here and named to every worker in RAY_ADDRESS.
+    Ray Train's placement-group cleaner finds the cluster through the State API, which refuses to
+    guess when other Ray instances run on the machine (a shared box, CI runners) and then leaks
+    the placement group of every stopped or paused trial, until no Train worker can start."""
+    import socket
+
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local start
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    return {"resources": {SEARCH_SLOT: max_concurrent},
+            "runtime_env": {"env_vars": {"RAY_ADDRESS": address}}}
+
+
+def _bounded(space: SearchSpace, trainable):
+    """Under halving no ConcurrencyLimiter bounds the trials at once (it would count the paused
+    ones and stop proposing): each trial then also takes one of the `SEARCH_SLOT`s that a local
+    Ray gets (`max_concurrent` of them) and that a paused trial gives back. Unbounded, Tune
+    starts a trial actor per free CPU and their Train workers wait for a CPU forever. On a
+    cluster, `ray start --resources='{"adr_search_trial": N}'` on one node bounds it the same way."""
+    import ray
+    from ray import tune
+
+    if space.scheduler != "halving" or not ray.cluster_resources().get(SEARCH_SLOT):
+        return trainable
+    return tune.with_resources(trainable, {"CPU": 1, SEARCH_SLOT: 1})
 
 
 def check_args(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
@@ -250,10 +495,12 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         at_once = max(max_concurrent, space.confirm_concurrent or 0)  # search or confirmation
         local_cpus = None if address else max(os.cpu_count() or 1,
                                               at_once * (1 + math.ceil(workers * cpus)))
-        ray.init(address=address, num_cpus=local_cpus)
+        ray.init(address=address, num_cpus=local_cpus,
+                 **({} if address else _local_ray_options(max_concurrent)))
     trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial
-    trainable = tune.with_parameters(trial_fn, space=space, workers=workers, gpus=gpus,
-                                     cpus=cpus, storage=storage, max_failures=max_failures)
+    trainable = _bounded(space, tune.with_parameters(
+        trial_fn, space=space, workers=workers, gpus=gpus, cpus=cpus, storage=storage,
+        max_failures=max_failures))
     if tune.Tuner.can_restore(experiment):
         print(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
@@ -262,7 +509,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         out.mkdir(parents=True, exist_ok=True)
         (out / "space.json").write_text(json.dumps(_space_record(space), indent=2) + "\n")
         tuner = tune.Tuner(trainable, **_tuner_setup(space, optuna_url, num_samples,
-                                                     max_concurrent),
+                                                     max_concurrent, state_dir=out),
                            run_config=tune.RunConfig(name=space.name, storage_path=storage))
     grid = tuner.fit()
     from adr_scale.search_report import write_search_outputs

@@ -1,12 +1,14 @@
-"""What ASHA saves: epochs consumed by an ASHA search vs running every trial to the end.
+"""What early stopping saves: epochs consumed by a scheduler vs running every trial to the end.
 
 Both searches draw the same trials (the random sampler with one seed proposes the same points
-whatever the results), so the only difference is the early stopping. Prints the epochs each
-consumed, their ratio (goal <= 1/4), and whether both pick the same best trial.
+whatever the results, and the references come first), so the only difference is the early
+stopping. Prints the epochs each consumed, their ratio (goal <= 1/4), whether both pick the same
+best trial, and the wall time of each. `halving` (synchronous successive halving) has a fixed
+cost, `adr_scale.tune.halving_cost`; asynchronous `asha` lets early trials through its rungs.
 
 Examples:
-  python benchmarks/search_cost.py                                  # smoke space, 8 trials
-  python benchmarks/search_cost.py --space search_spaces/smoke.yaml --num-samples 12 --epochs 9
+  python benchmarks/search_cost.py --json benchmarks/results/search_cost.json  # 27 trials
+  python benchmarks/search_cost.py --scheduler asha --num-samples 8 --epochs 9 --reduction-factor 3
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from adr_scale.search_space import load_space
-from adr_scale.tune import run_search
+from adr_scale.search_space import Param, load_space
+from adr_scale.tune import halving_cost, run_search
 
 
 def parse_args() -> argparse.Namespace:
@@ -28,10 +33,15 @@ def parse_args() -> argparse.Namespace:
                                 epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="search_spaces/smoke.yaml")
-    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--scheduler", default="halving", choices=("halving", "asha"))
+    p.add_argument("--num-samples", type=int, default=27)
     p.add_argument("--max-concurrent", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=9, help="per-trial budget (ASHA rungs 1, 3, 9)")
-    p.add_argument("--reduction-factor", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=16, help="per-trial budget (rungs 1, 4 at rf 4)")
+    p.add_argument("--reduction-factor", type=int, default=4)
+    p.add_argument("--train-size", type=int, default=320,
+                   help="data.train_size of every trial (epochs of train_size / batch steps)")
+    p.add_argument("--search-lr", action="store_true",
+                   help="also search optim.lr (loguniform 1e-4..0.2, warm start 0.1)")
     p.add_argument("--json", help="also write the numbers here")
     return p.parse_args()
 
@@ -44,29 +54,63 @@ def consumed_epochs(out: Path) -> tuple[int, dict[str, int]]:
     return sum(per_trial.values()), per_trial
 
 
+def benchmark_space(args: argparse.Namespace):
+    space = load_space(args.space)
+    params, warm = space.params, dict(space.warm_start)
+    if args.search_lr:
+        params += (Param(field="optim.lr", distribution="loguniform", low=1e-4, high=0.2),)
+        warm["optim.lr"] = 0.1
+    return dataclasses.replace(
+        space, sampler="random", epochs=args.epochs, grace_period=1, params=params,
+        warm_start=warm, reduction_factor=args.reduction_factor, confirm_top_k=0,  # search only
+        fixed=space.fixed | {"data.train_size": args.train_size})
+
+
 def main() -> None:
     args = parse_args()
-    base = dataclasses.replace(load_space(args.space), sampler="random", epochs=args.epochs,
-                               grace_period=1, reduction_factor=args.reduction_factor,
-                               confirm_top_k=0)  # the search alone: no full-length stage
+    base = benchmark_space(args)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, scheduler in (("full", "none"), ("asha", "asha")):
+        for label, scheduler in ((args.scheduler, args.scheduler), ("full", "none")):
             space = dataclasses.replace(base, scheduler=scheduler, name=f"cost-{label}")
             out = Path(tmp) / label
+            start = time.monotonic()
             best = run_search(space, out, num_samples=args.num_samples,
                               max_concurrent=args.max_concurrent)["best"]
-            epochs, _ = consumed_epochs(out)
-            results[label] = {"epochs": epochs, "best_fields": best["fields"],
-                              "best_val_robust_acc": best["val_robust_acc"]}
-            print(f"{label:5s}: {epochs:4d} epochs consumed; best val robust "
-                  f"{best['val_robust_acc']:.4f} with {best['fields']}")
-    ratio = results["asha"]["epochs"] / results["full"]["epochs"]
-    same = results["asha"]["best_fields"] == results["full"]["best_fields"]
-    print(f"ratio ASHA / full: {ratio:.3f} (goal <= 0.25); same best trial: {same}")
+            epochs, per_trial = consumed_epochs(out)
+            results[label] = {"epochs": epochs, "trials": len(per_trial),
+                              "wall_s": round(time.monotonic() - start, 1),
+                              "epochs_per_trial": sorted(per_trial.values()),
+                              "best_trial_fields": best["fields"],
+                              "best_val_robust_acc": best["val_robust_acc"],
+                              "best_val_clean_acc": best["val_clean_acc"]}
+            print(f"{label:7s}: {epochs:4d} epochs consumed in {results[label]['wall_s']} s; "
+                  f"best val robust {best['val_robust_acc']:.4f} with {best['fields']}")
+            if args.json:  # after each search, so a stopped run keeps the first
+                write_record(args, results)
+    sched = args.scheduler
+    ratio = results[sched]["epochs"] / results["full"]["epochs"]
+    same = results[sched]["best_trial_fields"] == results["full"]["best_trial_fields"]
+    print(f"ratio {sched} / full: {ratio:.3f} (goal <= 0.25); same best trial: {same}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results | {"ratio": ratio, "same_best": same},
-                                              indent=2) + "\n")
+        write_record(args, results, ratio=ratio, same_best=same)
+
+
+def write_record(args: argparse.Namespace, results: dict, **outcome) -> None:
+    sched = args.scheduler
+    rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    record = {"command": "python " + " ".join(sys.argv), "git": rev,
+              "space": args.space, "num_samples": args.num_samples,
+              "max_concurrent": args.max_concurrent, "epochs": args.epochs,
+              "reduction_factor": args.reduction_factor, "grace_period": 1,
+              "train_size": args.train_size, "search_lr": args.search_lr,
+              "sampler": "random (seed of the space)", "scheduler": sched,
+              "halving_cost_expected": (halving_cost(args.num_samples, args.epochs, 1,
+                                                     args.reduction_factor)
+                                        if sched == "halving" else None),
+              **results, **outcome}
+    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

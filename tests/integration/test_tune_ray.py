@@ -118,27 +118,3 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
         assert after[number] == record  # a finished trial is kept, not rerun
     assert len(after) == 2
     assert len({r["trial_id"] for r in pq.read_table(out / "results.parquet").to_pylist()}) == 2
-
-
-@pytest.mark.timeout(420)
-def test_pbt_search_exports_a_learned_schedule_that_replays(tmp_path):
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
-    raw |= {"name": "smoke-pbt", "budget": {"epochs": 2}, "num_samples": 2, "max_concurrent": 2,
-            "confirm": {"top_k": 0},
-            "scheduler": {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5}}
-    space = tmp_path / "pbt.yaml"
-    space.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "pbt"
-    done = subprocess.run([sys.executable, "-m", "adr_scale.tune", "--space", str(space),
-                           "--out", str(out)], capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    table = pq.read_table(out / "results.parquet").to_pylist()
-    assert sorted({(r["trial_id"], r["epoch"]) for r in table})[0][1] == 1
-    assert {r["epoch"] for r in table} == {1, 2}  # two 1-epoch segments per trial
-    best = load_yaml(out / "best.yaml")
-    assert best.adr.segments.startswith("0:")  # the learned schedule, from the first segment on
-    assert "PBT population" in (out / "report.md").read_text()
-    rc = train_main(["--config", str(out / "best.yaml"), "--workers", "0", "--no-progress",
-                     "--set", "train.max_steps=3", "--set", "train.device=cpu", "--out",
-                     str(tmp_path / "replay")])
-    assert rc == 0

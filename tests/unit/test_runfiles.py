@@ -41,9 +41,12 @@ def test_segment_files_round_trip_through_a_tune_checkpoint(tmp_path):
     dst = tmp_path / "tune"
     dst.mkdir()
     segments = [[0.0, 1.5, 1.0, 0.0, 0.5], [0.5, 2.0, 1.0, 0.1, 0.6]]
-    runfiles.write_segment_files(src, dst, segments, epoch=1)
+    lineage = [{"trial": "a", "from": 0, "until": 1, "run": "smoke-a-from0000-0123abcd"}]
+    runfiles.write_segment_files(src, dst, segments, epoch=1, lineage=lineage)
     assert runfiles.read_segments(dst) == (segments, 1)
+    assert runfiles.read_lineage(dst) == lineage
     fs, _ = runfiles.storage_filesystem(str(tmp_path))
     saved = runfiles.tune_checkpoint_files(types.SimpleNamespace(filesystem=fs, path=str(dst)))
-    assert saved == {"history": [{"epoch": 1}], "segments": {"segments": segments, "epoch": 1}}
+    assert saved == {"history": [{"epoch": 1}],
+                     "segments": {"segments": segments, "epoch": 1, "lineage": lineage}}
     assert json.loads((dst / runfiles.HISTORY_FILE).read_text()) == [{"epoch": 1}]

@@ -100,6 +100,13 @@ def test_real_optuna_samples_keep_the_ordering():
       "warm_start": None}, r"the space gives an invalid config: adr.tau_end"),
     ({"warm_start": {"adr.tau_start": 2.5}}, r"warm_start: missing a value for"),
     ({"budget": {"epochs": 0}}, r"budget.epochs: invalid value 0"),
+    ({"scheduler": {"type": "halving", "reduction_factor": 1}},
+     r"scheduler.reduction_factor: invalid value 1; allowed: an integer >= 2"),
+    ({"scheduler": {"type": "halving", "grace_period": 4}},
+     r"scheduler.grace_period: 4 leaves no rung below budget.epochs=4"),
+    ({"scheduler": {"type": "halving", "brackets": 3}},
+     r"scheduler.brackets: not a setting of the halving scheduler; allowed: grace_period, "
+     r"reduction_factor, type"),
 ])
 def test_malformed_spaces_are_refused_with_one_line(changes, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -128,3 +135,17 @@ def test_tune_cli_refuses_a_bad_space_before_starting_ray(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "sampler.type: unknown sampler" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_successive_halving_parses_and_costs_what_its_rungs_say():
+    from adr_scale.tune import halving_cost, rung_milestones
+
+    space = parse_space(_with(scheduler={"type": "halving", "grace_period": 1,
+                                         "reduction_factor": 3}, budget={"epochs": 9}))
+    assert (space.scheduler, space.grace_period, space.reduction_factor) == ("halving", 1, 3)
+    assert rung_milestones(9, 1, 3) == [1, 3] and rung_milestones(27, 1, 3) == [1, 3, 9]
+    assert rung_milestones(16, 1, 4) == [1, 4] and rung_milestones(4, 2, 2) == [2]
+    # 27 trials: 27 x 1 epoch, 9 to epoch 3 (+2 each), 3 to epoch 9 (+6 each) = 63 of 243
+    assert halving_cost(27, 9, 1, 3) == 27 + 9 * 2 + 3 * 6
+    assert halving_cost(27, 27, 1, 3) == 27 + 9 * 2 + 3 * 6 + 1 * 18  # 81 of 729: 0.111
+    assert halving_cost(2, 4, 1, 3) == 2 + 1 * 3  # never fewer than one trial continues

@@ -405,6 +405,32 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def start_local_ray(num_cpus: int) -> None:
+    """Start this search's own Ray with RAY_ADDRESS set in every worker it runs.
+
+    Ray Train's PlacementGroupCleaner (an actor beside each Train run) removes the run's placement
+    group when its controller dies, as it does when Tune stops a trial (ASHA, or the end of a
+    trial whose Train run is still closing). It asks the State API, which without RAY_ADDRESS
+    finds its cluster by scanning the machine's processes and fails ("Found multiple active Ray
+    instances") wherever a second Ray runs: another search, a test run. The cleaner's thread then
+    dies, the placement group stays, and the next trial's workers wait for its CPUs for ever
+    (Train retries its 60 s start timeout without limit). So the GCS port is chosen here and
+    handed to the workers."""
+    import socket
+
+    import ray
+
+    with socket.socket() as probe:  # a free port now; Ray binds it a moment later
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    gcs = f"{ray.util.get_node_ip_address()}:{port}"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
+
+
 def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurrent: int,
                workers: int = 1, gpus: float = 0, cpus: float = 1, address: str | None = None,
                storage_path: str | None = None, optuna_storage: str | None = None,
@@ -428,9 +454,10 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
         at_once = max(max_concurrent, space.confirm_concurrent or 0)  # search or confirmation
-        local_cpus = None if address else max(os.cpu_count() or 1,
-                                              at_once * (1 + math.ceil(workers * cpus)))
-        ray.init(address=address, num_cpus=local_cpus)
+        if address:
+            ray.init(address=address)
+        else:
+            start_local_ray(max(os.cpu_count() or 1, at_once * (1 + math.ceil(workers * cpus))))
     trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial
     trainable = tune.with_parameters(trial_fn, space=space, workers=workers, gpus=gpus,
                                      cpus=cpus, storage=storage, max_failures=max_failures)

@@ -405,6 +405,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+START_ATTEMPTS = 3  # local Ray starts before a search gives up
+
+
 def start_local_ray(num_cpus: int) -> None:
     """Start this search's own Ray with RAY_ADDRESS set in every worker it runs.
 
@@ -420,15 +423,23 @@ def start_local_ray(num_cpus: int) -> None:
 
     import ray
 
-    with socket.socket() as probe:  # a free port now; Ray binds it a moment later
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
-    gcs = f"{ray.util.get_node_ip_address()}:{port}"
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-    try:
-        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
-    finally:
-        del os.environ["RAY_GCS_SERVER_PORT"]
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with socket.socket() as probe:  # a free port now; Ray binds it a moment later
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        gcs = f"{ray.util.get_node_ip_address()}:{port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        try:
+            ray.init(num_cpus=num_cpus, runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
+            return
+        except Exception as exc:  # Ray waits a fixed 30 s for its raylet, too short when busy
+            if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            print(f"the local Ray did not start within Ray's 30 s (a busy machine); attempt "
+                  f"{attempt + 1} of {START_ATTEMPTS}", file=sys.stderr, flush=True)
+        finally:
+            del os.environ["RAY_GCS_SERVER_PORT"]
 
 
 def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurrent: int,

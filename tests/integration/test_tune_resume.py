@@ -35,6 +35,8 @@ def _space(tmp_path, *, scheduler=None):
 def _complete_trials(out):
     import optuna
 
+    if not (out / "ray" / "smoke").exists():  # the driver creates the study before Tune starts;
+        return []  # reading the database while it creates its tables can fail either side
     try:
         study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'optuna.db'}")
     except Exception:  # the study is created by the driver a few seconds in
@@ -45,14 +47,27 @@ def _complete_trials(out):
 def _kill_after_first_complete(cmd, out, env, timeout=300):
     """Start the search, SIGKILL its process group as soon as Optuna records a COMPLETE trial;
     return {number: (params, values)} of the trials complete at the kill."""
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                             start_new_session=True)
+    with open(out.parent / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not _complete_trials(out) and first.poll() is None:
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    first.wait()
+    _kill_group(first)
     return {t.number: (t.params, t.values) for t in _complete_trials(out)}
+
+
+def _kill_group(process) -> None:
+    """SIGKILL the driver's process group: the driver and the local Ray it started."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the driver exited by itself (its log says why)
+        pass
+    process.wait()
+
+
+def _first_log(out) -> str:
+    return (out.parent / "first.log").read_text()[-3000:]
 
 
 def _check_resumed(done, out, finished_before):
@@ -79,7 +94,7 @@ def test_a_trial_optuna_holds_as_finished_is_not_reported_again(tmp_path):
     cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(space), "--out", str(out)]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     finished_before = _kill_after_first_complete(cmd, out, env)
-    assert finished_before, "no trial finished before the kill"
+    assert finished_before, "no trial finished before the kill: " + _first_log(out)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     log = _check_resumed(done, out, finished_before)
     assert "is already COMPLETE in the Optuna study (#0" in log  # recognised on resume
@@ -111,8 +126,9 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
     env = os.environ | {"PYTHONUNBUFFERED": "1", "ADR_SCALE_WAIT_REPORT_S": "5"}
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 env=env, start_new_session=True)
+        with open(tmp_path / "first.log", "w") as first_log:
+            first = subprocess.Popen(cmd, stdout=first_log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
         saved, deadline = tmp_path / "searcher-while-trial-0-ran", time.monotonic() + 420
         while time.monotonic() < deadline and first.poll() is None:
             statuses = _trial_statuses(experiment)
@@ -125,11 +141,10 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
             elif "TERMINATED" in statuses.values():
                 break  # Tune has recorded trial 0's end
             time.sleep(0.2)
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        first.wait()
+        _kill_group(first)
         finished_before = {t.number: (t.params, t.values) for t in _complete_trials(out)}
         assert finished_before and "TERMINATED" in _trial_statuses(experiment).values(), \
-            "trial 0 did not finish before the kill"
+            "trial 0 did not finish before the kill: " + _first_log(out)
         assert len(list(saved.glob("*"))) == 2, "no searcher state was seen while trial 0 ran"
         for pattern in SEARCHER_FILES:  # the torn checkpoint: an older searcher state
             for f in experiment.glob(pattern):
@@ -147,6 +162,7 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
         "resume: trial" in log and "is Optuna trial #1" in log), log[-3000:]
     assert "search waiting (" in log  # the resumed search says what it waits for
     print(f"resumed search with two busy loops beside it: {took:.0f} s")
+    print("\n".join(line for line in log.splitlines() if line.startswith(("resume:", "search wa"))))
 
 
 def test_reconcile_restored_searcher_with_the_trials_and_the_study(tmp_path, capsys):
@@ -208,3 +224,44 @@ def test_reconcile_restored_searcher_with_the_trials_and_the_study(tmp_path, cap
     assert "Optuna trial #3 (Tune t4) was proposed after Tune's last experiment checkpoint" in (
         capsys.readouterr().out)
     assert study.trials[3].state == optuna.trial.TrialState.FAIL
+
+
+PROBE = r'''
+import ray
+from adr_scale.tune import start_local_ray
+
+start_local_ray(1)
+
+
+@ray.remote(num_cpus=0)
+class Asker:
+    def state_of(self, actor_id):  # what Ray Train's PlacementGroupCleaner asks
+        from ray.util.state import get_actor
+        return get_actor(actor_id, timeout=60).state
+
+    def from_a_detached_actor(self, actor_id):  # the cleaner: detached, made by the controller
+        return ray.get(Asker.options(lifetime="detached").remote().state_of.remote(actor_id))
+
+
+asker = Asker.remote()
+print("state:", ray.get(asker.from_a_detached_actor.remote(asker._actor_id.hex())))
+'''
+
+
+@pytest.mark.timeout(400)
+def test_workers_of_a_search_find_their_ray_beside_another_one(tmp_path):
+    """With a second local Ray running, the State API in a search's workers (where Ray Train
+    cleans up a stopped trial's placement group) finds the search's own cluster, not "multiple
+    active Ray instances"."""
+    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(num_cpus=1); "
+                              "print('up', flush=True); time.sleep(600)"],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        (tmp_path / "probe.py").write_text(PROBE)
+        done = subprocess.run([sys.executable, str(tmp_path / "probe.py")], capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        os.killpg(other.pid, signal.SIGKILL)
+        other.wait()
+    assert "state: ALIVE" in done.stdout, (done.stdout + done.stderr)[-3000:]

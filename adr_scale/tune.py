@@ -265,10 +265,13 @@ def experiment_trials(directory: str | Path) -> dict[str, tuple[str, dict[str, A
     return trials
 
 
-def reconcile_search(search, trials: dict[str, tuple[str, dict[str, Any]]], say=print) -> None:
+def reconcile_search(search, trials: dict[str, tuple[str, dict[str, Any]]], say=None) -> None:
     """Make a restored SearchGenerator(ConcurrencyLimiter(OptunaSearch)) agree with `trials` (what
-    Tune restored) and with the Optuna study (the record of what finished)."""
+    Tune restored) and with the Optuna study (the record of what finished); `say` (print) gets
+    one line per change."""
     from optuna.trial import TrialState
+
+    say = say or print
 
     limiter = search.searcher
     optuna_search = limiter.searcher
@@ -357,6 +360,10 @@ def _resources(resources: dict[str, float]) -> str:
 def _resume_classes():
     """ResumableSearch and WaitReport, built on first use so that importing this module (and
     --help, and every refusal) does not import Ray; module __getattr__ hands them to pickle."""
+    if __name__ == "__main__":  # python -m adr_scale.tune: the classes live in the importable
+        import importlib  # module, so pickle (Tune's tuner.pkl) refers to them by name
+
+        return importlib.import_module("adr_scale.tune")._resume_classes()
     if "WaitReport" in globals():  # one class each: pickle finds instances' classes by name
         return globals()["ResumableSearch"], globals()["WaitReport"]
     import time

@@ -20,6 +20,19 @@ def _rows(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _settle(directory, quiet_s=3.0, limit_s=60.0):
+    """Wait until nothing under `directory` has changed for `quiet_s` seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        try:
+            newest = max((p.stat().st_mtime for p in directory.rglob("*")), default=0.0)
+        except FileNotFoundError:  # an old checkpoint removed meanwhile
+            newest = time.time()
+        if time.time() - newest >= quiet_s:
+            return
+        time.sleep(0.5)
+
+
 TIMING = ("seconds",)  # wall-clock fields of a row; everything else is reproducible
 
 
@@ -29,7 +42,7 @@ def test_killed_driver_resumes_with_the_same_command(tmp_path):
     then truncated (a full disk or a copy cut short): the rerun says so in one line, resumes from
     the newest older checkpoint and retrains the lost epochs to the same numbers."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "adr_scale.train", "--preset", "smoke", "--set", "train.epochs=4",
+    cmd = [sys.executable, "-m", "adr_scale.train", "--preset", "smoke", "--set", "train.epochs=6",
            "--set", "train.device=cpu", "--out", str(out), "--no-progress"]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
@@ -44,9 +57,13 @@ def test_killed_driver_resumes_with_the_same_command(tmp_path):
             pass
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
     first.wait()
+    storage = out / "ray" / "run"
+    _settle(storage)  # Ray's worker processes can outlive the kill of the group by a moment
     seen = _rows(out)  # the callback may have written more rows before the kill landed
     assert len(seen) >= 2, f"the first run finished {len(seen)} epochs before the kill"
-    *older, newest = sorted((out / "ray" / "run").glob("epoch-*"))
+    snapshot = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())
+    newest = storage / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]  # Train's pick
+    older = sorted(p for p in storage.glob("epoch-*") if p.name < newest.name)
     assert older, "no older checkpoint to fall back to"
     torn = newest / "state.pt"
     torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
@@ -57,7 +74,7 @@ def test_killed_driver_resumes_with_the_same_command(tmp_path):
     assert f"warning: checkpoint {torn} is unreadable" in log
     assert f"resuming after epoch {back} " in log
     rows = _rows(out)
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[:back] == seen[:back]  # carried over, not recomputed (same wall-clock seconds)
     drop = lambda r: {k: v for k, v in r.items() if k not in TIMING}  # noqa: E731
     assert [drop(r) for r in rows[back:len(seen)]] == [drop(r) for r in seen[back:]]  # retrained

@@ -25,29 +25,31 @@ _EPOCH_FILE = re.compile(r"epoch-(\d+)\.pt$")
 
 
 @contextlib.contextmanager
-def _no_space_is_one_line(tmp: Path):
+def _no_space_is_one_line(tmp: Path, flag: str = "--out"):
     """A full disk or quota is the user's to fix: one line naming the place, no torn file."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except (OSError, RuntimeError) as exc:
+        # torch.save's zip writer reports the file's OSError as RuntimeError("unexpected pos")
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if not isinstance(cause, OSError) or cause.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         tmp.unlink(missing_ok=True)
-        raise ConfigError(f"--out: no space left on {str(tmp.parent)!r} (writing "
+        raise ConfigError(f"{flag}: no space left on {str(tmp.parent)!r} (writing "
                           f"{tmp.name.removeprefix('.').removesuffix('.tmp')}); free some space "
                           "and rerun the same command to resume") from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, flag: str = "--out") -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with _no_space_is_one_line(tmp):
+    with _no_space_is_one_line(tmp, flag):
         tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path, flag: str = "--out") -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with _no_space_is_one_line(tmp), tmp.open("wb") as f:
+    with _no_space_is_one_line(tmp, flag), tmp.open("wb") as f:
         torch.save(obj, f)  # through a Python file, so a full disk is an OSError with its errno
     os.replace(tmp, path)
 

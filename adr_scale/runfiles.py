@@ -48,6 +48,18 @@ def checkpoint_dirs(storage: str, run_name: str) -> tuple[Any, list[str]]:
                       and CHECKPOINT_DIR.fullmatch(i.base_name))
 
 
+def older_checkpoint_dirs(fs, path: str) -> list[str]:
+    """The checkpoint directories beside checkpoint `path` (same run) that are older than it,
+    newest first: where a resume falls back when `path` is unreadable."""
+    import pyarrow.fs as pafs
+
+    parent, name = path.rstrip("/").rsplit("/", 1)
+    infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    return sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                   and CHECKPOINT_DIR.fullmatch(i.base_name) and i.base_name < name),
+                  reverse=True)
+
+
 def stored_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str, Any]] | None:
     """(directory name, config) of the newest checkpoint of run `run_name` that carries its
     config; None before the first epoch."""
@@ -69,6 +81,16 @@ def latest_history(storage: str, run_name: str) -> list[dict[str, Any]]:
         return read_json(fs, f"{dirs[-1]}/{HISTORY_FILE}")
     except (FileNotFoundError, OSError):
         return []
+
+
+def finished_run_row(storage: str, run_name: str, epochs: int) -> dict[str, Any] | None:
+    """The last epoch row of run `run_name` if its latest checkpoint already holds all `epochs`
+    epochs (with `checkpoint_path`, as TuneReportCallback reports it), else None."""
+    fs, dirs = checkpoint_dirs(storage, run_name)
+    rows = latest_history(storage, run_name)
+    if not rows or rows[-1].get("epoch", 0) < epochs:
+        return None
+    return rows[-1] | {"checkpoint_path": dirs[-1]}
 
 
 def write_checkpoint_files(directory: Path, ckpt: dict[str, Any],

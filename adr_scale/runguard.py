@@ -72,8 +72,19 @@ class RunLock:
             except OSError as exc:  # under a file, read-only, full, no permission: the first write
                 raise ConfigError(f"{self.flag}: cannot write to {str(self.directory)!r} "
                                   f"({exc.strerror or exc}); allowed: a writable directory") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            except OSError as exc:  # a full disk takes the empty file, not its contents
+                self.path.unlink(missing_ok=True)
+                if self.created:
+                    self.directory.rmdir()
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ConfigError(f"{self.flag}: no space left on {str(self.directory)!r} "
+                                      f"(writing {LOCK_FILE}); free some space and rerun the "
+                                      "same command") from None
+                raise ConfigError(f"{self.flag}: cannot write to {str(self.directory)!r} "
+                                  f"({exc.strerror or exc}); allowed: a writable directory") from None
             self.held = True
             return self
         raise ConfigError(f"{self.flag}: could not take the lock {self.path}; another run keeps "

@@ -159,12 +159,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = build_state(cfg, splits.info, len(splits.train), device)
     # This run's own latest checkpoint (a restarted group or driver) or, for a new run, the
     # checkpoint it starts from (a PBT segment continuing its own or another trial's state).
-    checkpoint = ray.train.get_checkpoint() or config.get("init_checkpoint")
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+    checkpoint, path = ray.train.get_checkpoint(), None
+    if checkpoint is not None:  # this run's own: the newest of its checkpoints that loads
+        path, ckpt = newest_readable(checkpoint)
+        load_state(state, ckpt)
+    elif config.get("init_checkpoint") is not None:
+        path = config["init_checkpoint"].path
+        with config["init_checkpoint"].as_directory() as directory:
             load_state(state, load_checkpoint(Path(directory) / STATE_FILE))
-        if ray.train.get_context().get_world_rank() == 0:
-            print(f"resuming after epoch {state.epoch} (step {state.step}) from {checkpoint.path}")
+    if path is not None and ray.train.get_context().get_world_rank() == 0:
+        print(f"resuming after epoch {state.epoch} (step {state.step}) from {path}")
     if config.get("fault_at_step") is not None:
         state.after_step = _fault_injector(config["fault_at_step"], config["fault_marker"])
     train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
@@ -188,6 +192,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # like the others; returning instead of raising keeps Ray from retrying a run that
         # would diverge again from the same checkpoint.
         ray.train.report({"diverged": str(exc)})
+
+
+def newest_readable(checkpoint) -> tuple[str, dict[str, Any]]:
+    """(path, state) of Ray Train checkpoint `checkpoint` or, when its state.pt does not load (a
+    file torn by a full disk or a copy cut short), of the newest older checkpoint of the same run
+    that does; rank 0 names each skipped one in one line. Raises ConfigError if none loads."""
+    import ray.train
+
+    from adr_scale.checkpoint import load_checkpoint
+    from adr_scale.runfiles import older_checkpoint_dirs
+
+    fs = checkpoint.filesystem
+    candidates = [checkpoint.path, *older_checkpoint_dirs(fs, checkpoint.path)]
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    for path in candidates:
+        try:
+            with ray.train.Checkpoint(path, filesystem=fs).as_directory() as directory:
+                return path, load_checkpoint(Path(directory) / STATE_FILE)
+        except Exception as exc:  # torch.load raises RuntimeError, EOFError, OSError, pickle errors
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+            if rank0:
+                print(f"warning: checkpoint {path}/{STATE_FILE} is unreadable ({why}); trying "
+                      "the one before it", file=sys.stderr, flush=True)
+    raise ConfigError(f"--out: none of the {len(candidates)} checkpoints of this run in "
+                      f"{str(Path(checkpoint.path).parent)!r} is readable; use another --out (or "
+                      "delete them to start over)")
 
 
 def _report_epoch(state, row: dict[str, Any], improved: bool, save: bool) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, to_dict
-from adr_scale.runfiles import read_lineage, read_segments, write_segment_files
+from adr_scale.runfiles import finished_run_row, read_lineage, read_segments, write_segment_files
 from adr_scale.runguard import RunLock
 from adr_scale.search_space import CLEAN_METRIC, METRIC, DefineByRun, SearchSpace, load_space
 
@@ -76,6 +76,10 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
 
     cfg = space.trial_config({p.name: params[p.name] for p in space.params})
     trial_id = ray.tune.get_context().get_trial_id()
+    finished = finished_run_row(storage, f"{space.name}-{trial_id}", space.epochs)
+    if finished is not None:  # rerun by a resumed search after its last epoch: no Train run,
+        ray.tune.report(finished)  # whose placement group a stop could leak, to say it again
+        return
     make_trainer({"config": to_dict(cfg)}, name=f"{space.name}-{trial_id}", storage=storage,
                  workers=workers, gpus=gpus, cpus=cpus, max_failures=max_failures,
                  callbacks=[TuneReportCallback()]).fit()
@@ -181,7 +185,8 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int):
         space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler,
         points_to_evaluate=_first_points(space), study_name=space.name,
         storage=optuna.storages.RDBStorage(optuna_url))
-    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    search, _ = _resume_classes()
+    return search(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
 
 
 def _first_points(space: SearchSpace) -> list[dict[str, Any]] | None:
@@ -385,15 +390,6 @@ def _make_halving_class():
     return SuccessiveHalving
 
 
-def __getattr__(name: str):
-    """Module attribute SuccessiveHalving, built on first access: Tune pickles the scheduler
-    into tuner.pkl by reference, and a restore in a fresh process looks it up here."""
-    if name == "SuccessiveHalving":
-        globals()[name] = cls = _make_halving_class()
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_concurrent: int,
                  state_dir: Path | None = None) -> dict[str, Any]:
     """Optuna proposes the trials, except under PBT, which mutates a population itself (Tune
@@ -419,25 +415,6 @@ def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_conc
 
 
 SEARCH_SLOT = "adr_search_trial"  # a custom Ray resource: one per search trial at once
-
-
-def _local_ray_options(max_concurrent: int) -> dict[str, Any]:
-    """ray.init options of the local Ray a search starts: `max_concurrent` search slots
-    (`_bounded`), and its GCS on a port chosen here and named to every worker in RAY_ADDRESS.
-    Ray Train's placement-group cleaner finds the cluster through the State API, which refuses to
-    guess when other Ray instances run on the machine (a shared box, CI runners) and then leaks
-    the placement group of every stopped or paused trial, until no Train worker can start."""
-    import socket
-
-    import ray
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        port = sock.getsockname()[1]
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local start
-    address = f"{ray.util.get_node_ip_address()}:{port}"
-    return {"resources": {SEARCH_SLOT: max_concurrent},
-            "runtime_env": {"env_vars": {"RAY_ADDRESS": address}}}
 
 
 def _bounded(space: SearchSpace, trainable):
@@ -476,6 +453,226 @@ def _low_point(space: SearchSpace) -> dict[str, Any]:
             for p in space.params}
 
 
+# ---------------------------------------------------------------------------------------------
+# Resume: the searcher's state is made to agree with the trials Tune restores and with the study
+#
+# Tune saves the trial list (experiment_state-*.json) and the searcher (search_gen_state-*.json:
+# the ConcurrencyLimiter's live slots; searcher-state-*.pkl: OptunaSearch's trials) one file
+# after the other and copies them to storage in a background thread, every >= 10 s; Optuna
+# writes a trial's end to its database at once. A driver killed in between leaves (a) a trial
+# Tune reruns though the study holds it finished: its re-announced final row reached Optuna
+# again (UpdateFinishedTrialError), and (b) a limiter slot held by a trial Tune holds finished or
+# never saw: with max_concurrent slots held that way the searcher proposes nothing, ever (the
+# stall; load widens the window, since the copy then takes longer).
+
+WAIT_REPORT_S = float(os.environ.get("ADR_SCALE_WAIT_REPORT_S", "60"))  # s without any trial
+# event after which the search prints what it waits for
+
+
+def experiment_trials(directory: str | Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """{trial id: (Tune status, config)} of the newest experiment state in `directory` (the
+    file Tune restores its trial list from: the newest name)."""
+    files = sorted(Path(directory).glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    trials = {}
+    for trial_json, _ in json.loads(files[-1].read_text())["trial_data"]:
+        trial = json.loads(trial_json)
+        trials[trial["trial_id"]] = (trial["status"], trial.get("config") or {})
+    return trials
+
+
+def reconcile_search(search, trials: dict[str, tuple[str, dict[str, Any]]], say=None) -> None:
+    """Make a restored SearchGenerator(ConcurrencyLimiter(OptunaSearch)) agree with `trials` (what
+    Tune restored) and with the Optuna study (the record of what finished); `say` (print) gets
+    one line per change."""
+    from optuna.trial import TrialState
+
+    say = say or print
+
+    limiter = search.searcher
+    optuna_search = limiter.searcher
+    study, ot_trials = optuna_search._ot_study, optuna_search._ot_trials
+    frozen = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
+    rerun = {tid for tid, (status, _) in trials.items() if status != "TERMINATED"}
+    for tid in sorted(set(ot_trials) - set(trials)):  # proposed after Tune's last save
+        record = frozen.get(ot_trials.pop(tid)._trial_id)
+        optuna_search._completed_trials.discard(tid)
+        if record is not None and record.state == TrialState.RUNNING:
+            study.tell(record.number, state=TrialState.FAIL)
+            say(f"resume: Optuna trial #{record.number} (Tune {tid}) was proposed after Tune's "
+                "last experiment checkpoint and died with the killed driver: marked FAIL")
+    for tid in sorted(rerun):
+        if tid not in ot_trials and not _adopt(optuna_search, tid, trials[tid][1], frozen):
+            optuna_search._completed_trials.add(tid)  # no study trial to tell: never report it
+            say(f"resume: trial {tid} has no Optuna trial; it reruns without reporting to Optuna")
+            continue
+        record = frozen.get(ot_trials[tid]._trial_id) if tid in ot_trials else None
+        if record is not None and record.state.is_finished() and (
+                tid not in optuna_search._completed_trials):
+            optuna_search._completed_trials.add(tid)
+            say(f"resume: trial {tid} is already {record.state.name} in the Optuna study "
+                f"(#{record.number}, value {record.values}); Tune reruns it from its last "
+                "checkpoint and its re-announced result is not reported to Optuna again")
+    stale = set(limiter.live_trials) - rerun
+    if stale:
+        say(f"resume: freed {len(stale)} searcher slot(s) held by trials that will not run "
+            f"again ({', '.join(sorted(stale))})")
+    limiter.live_trials = set(rerun)
+    limiter.num_unfinished_live_trials = len(rerun)
+    if search._counter != len(trials):
+        say(f"resume: {len(trials)} trials in Tune's experiment state, the searcher counted "
+            f"{search._counter}; continuing from {len(trials)} of {search.total_samples}")
+        search._counter = len(trials)
+
+
+def _adopt(optuna_search, tid: str, config: dict[str, Any], frozen) -> bool:
+    """A trial Tune restored that the (older) searcher state does not know: take over the running
+    study trial with its parameters (asked before the kill); False if there is none."""
+    from optuna.trial import Trial, TrialState
+
+    taken = {t._trial_id for t in optuna_search._ot_trials.values()}
+    for record in frozen.values():
+        if (record.state == TrialState.RUNNING and record._trial_id not in taken
+                and record.params and all(k in config and math.isclose(v, config[k])
+                                          for k, v in record.params.items())):
+            optuna_search._ot_trials[tid] = Trial(optuna_search._ot_study, record._trial_id)
+            print(f"resume: trial {tid} is Optuna trial #{record.number} (proposed after the "
+                  "searcher's last save)")
+            return True
+    return False
+
+
+def waiting_line(trials, search, idle_s: float) -> str:
+    """What a search waits for: its running and pending trials, the free Ray resources, the
+    placement groups not yet placed and the searcher's concurrency slots."""
+    import ray
+
+    parts = []
+    for trial in trials:
+        if trial.status == "RUNNING":
+            parts.append(f"running {trial.trial_id} (epoch {trial.last_result.get('epoch', 0)})")
+        elif trial.status in ("PENDING", "PAUSED"):
+            needs = _resources(trial.placement_group_factory.required_resources)
+            parts.append(f"{trial.status.lower()} {trial.trial_id} (needs {needs})")
+    free, total = ray.available_resources(), ray.cluster_resources()
+    parts.append(f"Ray free CPU {free.get('CPU', 0):g} of {total.get('CPU', 0):g}"
+                 + (f", GPU {free.get('GPU', 0):g} of {total['GPU']:g}" if "GPU" in total else ""))
+    unplaced = [_resources(b) for pg in ray.util.placement_group_table().values()
+                if pg.get("state") == "PENDING" for b in pg.get("bundles", {}).values()]
+    if unplaced:
+        parts.append(f"placement groups waiting for {'; '.join(unplaced)}")
+    limiter = getattr(search, "searcher", None)
+    if hasattr(limiter, "live_trials"):  # an Optuna search (PBT: Tune's own variant generator)
+        parts.append(f"searcher slots {len(limiter.live_trials)}/{limiter.max_concurrent} held by "
+                     f"[{', '.join(sorted(limiter.live_trials))}], {search._counter} of "
+                     f"{search.total_samples} trials proposed")
+    return f"search waiting ({idle_s:.0f} s without a trial event): " + "; ".join(parts)
+
+
+def _resources(resources: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if v) or "nothing"
+
+
+def _resume_classes():
+    """ResumableSearch and WaitReport, built on first use so that importing this module (and
+    --help, and every refusal) does not import Ray; module __getattr__ hands them to pickle."""
+    if __name__ == "__main__":  # python -m adr_scale.tune: the classes live in the importable
+        import importlib  # module, so pickle (Tune's tuner.pkl) refers to them by name
+
+        return importlib.import_module("adr_scale.tune")._resume_classes()
+    if "WaitReport" in globals():  # one class each: pickle finds instances' classes by name
+        return globals()["ResumableSearch"], globals()["WaitReport"]
+    import time
+
+    from ray.tune import Callback
+    from ray.tune.search import SearchGenerator
+
+    class ResumableSearch(SearchGenerator):
+        """Tune's SearchGenerator, reconciled with the restored trials and the study on resume."""
+
+        def restore_from_dir(self, dirpath: str) -> None:
+            super().restore_from_dir(dirpath)
+            reconcile_search(self, experiment_trials(dirpath))
+
+    class WaitReport(Callback):
+        """Prints `waiting_line` after `every_s` seconds without a trial starting, reporting or
+        ending, and again every `every_s` seconds while that lasts."""
+
+        def __init__(self, search=None, every_s: float = WAIT_REPORT_S) -> None:
+            self.search, self.every_s, self.since = search, every_s, time.monotonic()
+
+        def setup(self, **info) -> None:
+            self.since = time.monotonic()
+
+        def _event(self, *args, **info) -> None:
+            self.since = time.monotonic()
+
+        on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _event
+
+        def on_step_end(self, iteration: int, trials, **info) -> None:
+            idle = time.monotonic() - self.since
+            if idle >= self.every_s:
+                print(waiting_line(trials, self.search, idle), flush=True)
+                self.since = time.monotonic()
+
+    for cls in (ResumableSearch, WaitReport):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        globals()[cls.__name__] = cls
+    return ResumableSearch, WaitReport
+
+
+def __getattr__(name: str):
+    """The Ray subclasses, built on first access (importing this module, --help and every
+    refusal import no Ray): Tune pickles them into tuner.pkl by reference, and a restore in a
+    fresh process looks them up here."""
+    if name == "SuccessiveHalving":
+        globals()[name] = cls = _make_halving_class()
+        return cls
+    if name in ("ResumableSearch", "WaitReport"):
+        _resume_classes()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+START_ATTEMPTS = 3  # local Ray starts before a search gives up
+
+
+def start_local_ray(num_cpus: int, resources: dict[str, float] | None = None) -> None:
+    """Start this search's own Ray with RAY_ADDRESS set in every worker it runs.
+
+    Ray Train's PlacementGroupCleaner (an actor beside each Train run) removes the run's placement
+    group when its controller dies, as it does when Tune stops a trial (ASHA, or the end of a
+    trial whose Train run is still closing). It asks the State API, which without RAY_ADDRESS
+    finds its cluster by scanning the machine's processes and fails ("Found multiple active Ray
+    instances") wherever a second Ray runs: another search, a test run. The cleaner's thread then
+    dies, the placement group stays, and the next trial's workers wait for its CPUs for ever
+    (Train retries its 60 s start timeout without limit). So the GCS port is chosen here and
+    handed to the workers."""
+    import socket
+
+    import ray
+
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with socket.socket() as probe:  # a free port now; Ray binds it a moment later
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        gcs = f"{ray.util.get_node_ip_address()}:{port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        try:
+            ray.init(num_cpus=num_cpus, resources=resources,
+                     runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
+            return
+        except Exception as exc:  # Ray waits a fixed 30 s for its raylet, too short when busy
+            if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            print(f"the local Ray did not start within Ray's 30 s (a busy machine); attempt "
+                  f"{attempt + 1} of {START_ATTEMPTS}", file=sys.stderr, flush=True)
+        finally:
+            del os.environ["RAY_GCS_SERVER_PORT"]
+
+
 def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurrent: int,
                workers: int = 1, gpus: float = 0, cpus: float = 1, address: str | None = None,
                storage_path: str | None = None, optuna_storage: str | None = None,
@@ -488,29 +685,36 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     storage = storage_path or str(out / "ray")
     experiment = f"{storage.rstrip('/')}/{space.name}"
     optuna_url = optuna_storage or f"sqlite:///{out / 'optuna.db'}"
-    if resume and not tune.Tuner.can_restore(experiment):  # refuse before starting Ray
+    restoring = tune.Tuner.can_restore(experiment)
+    if resume and not restoring:  # refuse before starting Ray
         raise ConfigError(f"--resume: no search to resume in {experiment!r}")
+    if not restoring:  # written before Ray starts: a full --out is one line, not a Ray traceback
+        from adr_scale.rundir import atomic_write_text
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "space.json", json.dumps(_space_record(space), indent=2) + "\n")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
         at_once = max(max_concurrent, space.confirm_concurrent or 0)  # search or confirmation
-        local_cpus = None if address else max(os.cpu_count() or 1,
-                                              at_once * (1 + math.ceil(workers * cpus)))
-        ray.init(address=address, num_cpus=local_cpus,
-                 **({} if address else _local_ray_options(max_concurrent)))
+        if address:
+            ray.init(address=address)
+        else:
+            start_local_ray(max(os.cpu_count() or 1, at_once * (1 + math.ceil(workers * cpus))),
+                            resources={SEARCH_SLOT: max_concurrent})
     trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial
     trainable = _bounded(space, tune.with_parameters(
         trial_fn, space=space, workers=workers, gpus=gpus, cpus=cpus, storage=storage,
         max_failures=max_failures))
-    if tune.Tuner.can_restore(experiment):
+    if restoring:
         print(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "space.json").write_text(json.dumps(_space_record(space), indent=2) + "\n")
-        tuner = tune.Tuner(trainable, **_tuner_setup(space, optuna_url, num_samples,
-                                                     max_concurrent, state_dir=out),
-                           run_config=tune.RunConfig(name=space.name, storage_path=storage))
+        setup = _tuner_setup(space, optuna_url, num_samples, max_concurrent, state_dir=out)
+        _, wait_report = _resume_classes()
+        tuner = tune.Tuner(trainable, **setup, run_config=tune.RunConfig(
+            name=space.name, storage_path=storage,
+            callbacks=[wait_report(getattr(setup["tune_config"], "search_alg", None))]))
     grid = tuner.fit()
     from adr_scale.search_report import write_search_outputs
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from adr_scale.config import ConfigError
 from adr_scale.models.registry import create_model
-from adr_scale.rundir import atomic_write_text
+from adr_scale.rundir import atomic_torch_save, atomic_write_text
 
 EXPORT_FORMAT = 1
 
@@ -32,8 +32,8 @@ def export_model(loaded: Any, out: str | Path, eps: float) -> Path:
                    "model": loaded.which},
     }
     state = {k: v.detach().cpu().clone() for k, v in loaded.module.state_dict().items()}
-    torch.save(state, out / "model.pt")
-    atomic_write_text(out / "model.json", json.dumps(meta, indent=2) + "\n")
+    atomic_torch_save(state, out / "model.pt", "--export")  # a full disk: one line, no torn file
+    atomic_write_text(out / "model.json", json.dumps(meta, indent=2) + "\n", "--export")
     return out
 
 

@@ -1,0 +1,267 @@
+"""A killed search (SIGKILL of the driver's process group: the driver and the local Ray it started)
+resumes by rerunning the same command: a trial Optuna holds as finished is kept and never
+reported to Optuna again, and a loaded machine makes the resumed search slower, never stuck.
+
+Its own module: each test runs the CLI in subprocesses that start their own local Ray.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _space(tmp_path, *, scheduler=None):
+    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    raw |= {"budget": {"epochs": 1}, "confirm": {"top_k": 0}, "num_samples": 2,
+            "max_concurrent": 1}
+    if scheduler:
+        raw["scheduler"] = scheduler
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _complete_trials(out):
+    import optuna
+
+    if not (out / "ray" / "smoke").exists():  # the driver creates the study before Tune starts;
+        return []  # reading the database while it creates its tables can fail either side
+    try:
+        study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'optuna.db'}")
+    except Exception:  # the study is created by the driver a few seconds in
+        return []
+    return [t for t in study.trials if t.state.name == "COMPLETE"]
+
+
+def _kill_after_first_complete(cmd, out, env, timeout=300):
+    """Start the search, SIGKILL its process group as soon as Optuna records a COMPLETE trial;
+    return {number: (params, values)} of the trials complete at the kill."""
+    with open(out.parent / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not _complete_trials(out) and first.poll() is None:
+        time.sleep(0.2)
+    _kill_group(first)
+    return {t.number: (t.params, t.values) for t in _complete_trials(out)}
+
+
+def _kill_group(process) -> None:
+    """SIGKILL the driver's process group: the driver and the local Ray it started."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the driver exited by itself (its log says why)
+        pass
+    process.wait()
+
+
+def _first_log(out) -> str:
+    return (out.parent / "first.log").read_text()[-3000:]
+
+
+def _check_resumed(done, out, finished_before):
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "resuming the search" in log
+    assert "UpdateFinishedTrialError" not in log
+    after = {t.number: (t.params, t.values) for t in _complete_trials(out)}
+    for number, record in finished_before.items():
+        assert after[number] == record  # a finished trial is kept, not rerun
+    assert len(after) == 2
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert len({r["trial_id"] for r in table}) == 2  # the trial finished before the kill counts
+    assert {r["status"] for r in table} == {"completed"}
+    return log
+
+
+@pytest.mark.timeout(450)
+def test_a_trial_optuna_holds_as_finished_is_not_reported_again(tmp_path):
+    """scheduler none, one trial at a time, killed the moment trial 0 is COMPLETE in the study:
+    the resumed search must not re-report trial 0 to Optuna (UpdateFinishedTrialError)."""
+    out = tmp_path / "search"
+    space = _space(tmp_path, scheduler={"type": "none"})
+    cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(space), "--out", str(out)]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    finished_before = _kill_after_first_complete(cmd, out, env)
+    assert finished_before, "no trial finished before the kill: " + _first_log(out)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    log = _check_resumed(done, out, finished_before)
+    assert "is already COMPLETE in the Optuna study (#0" in log  # recognised on resume
+
+
+def _trial_statuses(experiment: Path) -> dict[str, str]:
+    """{trial id: status} in the newest experiment state Tune has written to storage."""
+    try:
+        state = json.loads(sorted(experiment.glob("experiment_state-*.json"))[-1].read_text())
+    except (IndexError, OSError, ValueError):  # not yet written, or being copied
+        return {}
+    return {(t := json.loads(tj))["trial_id"]: t["status"] for tj, _ in state["trial_data"]}
+
+
+SEARCHER_FILES = ("search_gen_state-*.json", "searcher-state-*.pkl")
+
+
+@pytest.mark.timeout(900)
+def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
+    """The stall: Tune writes its trial list and its searcher state one after the other and copies
+    them to storage in a background thread, so a kill can leave a trial list newer than the
+    searcher, whose concurrency slot is still held by the finished trial 0. That torn state is made
+    here on purpose (the searcher files from while trial 0 ran, the trial list from after it
+    ended), the machine is kept busy by two busy loops, and the resumed search must finish."""
+    out = tmp_path / "search"
+    experiment = out / "ray" / "smoke"
+    space = _space(tmp_path)  # the smoke space's ASHA, 2 trials of 1 epoch, one at a time
+    cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(space), "--out", str(out)]
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "ADR_SCALE_WAIT_REPORT_S": "5"}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        with open(tmp_path / "first.log", "w") as first_log:
+            first = subprocess.Popen(cmd, stdout=first_log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        saved, deadline = tmp_path / "searcher-while-trial-0-ran", time.monotonic() + 420
+        while time.monotonic() < deadline and first.poll() is None:
+            statuses = _trial_statuses(experiment)
+            if not _complete_trials(out) and list(statuses.values()) == ["RUNNING"]:
+                shutil.rmtree(saved, ignore_errors=True)
+                saved.mkdir()
+                for pattern in SEARCHER_FILES:
+                    for f in experiment.glob(pattern):
+                        shutil.copy(f, saved / f.name)
+            elif "TERMINATED" in statuses.values():
+                break  # Tune has recorded trial 0's end
+            time.sleep(0.2)
+        _kill_group(first)
+        finished_before = {t.number: (t.params, t.values) for t in _complete_trials(out)}
+        assert finished_before and "TERMINATED" in _trial_statuses(experiment).values(), \
+            "trial 0 did not finish before the kill: " + _first_log(out)
+        assert len(list(saved.glob("*"))) == 2, "no searcher state was seen while trial 0 ran"
+        for pattern in SEARCHER_FILES:  # the torn checkpoint: an older searcher state
+            for f in experiment.glob(pattern):
+                f.unlink()
+        for f in saved.iterdir():
+            shutil.copy(f, experiment / f.name)
+        start = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        took = time.monotonic() - start
+    finally:
+        for p in busy:
+            p.kill()
+    log = _check_resumed(done, out, finished_before)
+    assert "resume: freed 1 searcher slot(s) held by trials that will not run again" in log or (
+        "resume: trial" in log and "is Optuna trial #1" in log), log[-3000:]
+    assert "search waiting (" in log  # the resumed search says what it waits for
+    print(f"resumed search with two busy loops beside it: {took:.0f} s")
+    print("\n".join(line for line in log.splitlines() if line.startswith(("resume:", "search wa"))))
+
+
+def test_reconcile_restored_searcher_with_the_trials_and_the_study(tmp_path, capsys):
+    """Each way a kill tears the searcher state from Tune's trial list, on a real OptunaSearch
+    (SQLite study) behind Tune's ConcurrencyLimiter, without a cluster: a trial the study holds
+    COMPLETE is not reported again, a slot held by a finished trial is freed, a trial proposed
+    after Tune's last save is marked FAIL, and one the searcher missed is adopted."""
+    import pickle
+
+    import optuna
+
+    from adr_scale.search_space import CLEAN_METRIC, METRIC, load_space
+    from adr_scale.tune import _searcher, reconcile_search
+
+    space = load_space(_space(tmp_path))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = _searcher(space, url, 1)
+    limiter, optuna_search = search.searcher, search.searcher.searcher
+    study = optuna.load_study(study_name="smoke", storage=url)
+    config0 = limiter.suggest("t0")
+    search._counter = 1
+    study.tell(0, 0.5)  # Optuna holds trial 0 COMPLETE; the saved searcher state predates that
+    result = {METRIC: 0.9, CLEAN_METRIC: 0.9, "training_iteration": 1}
+
+    reconcile_search(search, {"t0": ("RUNNING", config0)})  # Tune reruns trial 0
+    limiter.on_trial_result("t0", result)  # its re-announced final row: ignored, no error
+    limiter.on_trial_complete("t0", result)
+    assert study.trials[0].values == [0.5] and limiter.live_trials == set()
+    assert "t0 is already COMPLETE in the Optuna study (#0" in capsys.readouterr().out
+
+    limiter.live_trials = {"t0"}  # a slot still held by trial 0, which Tune holds TERMINATED
+    reconcile_search(search, {"t0": ("TERMINATED", config0)})
+    assert "freed 1 searcher slot(s) held by trials that will not run again (t0)" in (
+        capsys.readouterr().out)
+    config1 = limiter.suggest("t1")
+    assert config1 is not None  # without the fix: None for ever (the stall)
+
+    older = pickle.dumps(optuna_search.__dict__)  # the searcher state saved before t2 was proposed
+    search._counter = 2
+    limiter.on_trial_complete("t1", result)
+    config2 = limiter.suggest("t2")
+    search._counter = 3
+    lost = limiter.suggest("t3") is None  # the limit (1) holds t3 back: nothing proposed
+    assert lost
+    optuna_search.__dict__.update(pickle.loads(older))
+    limiter.live_trials = {"t1"}
+    trials = {"t0": ("TERMINATED", config0), "t1": ("TERMINATED", config1),
+              "t2": ("RUNNING", config2)}
+    reconcile_search(search, trials)  # Tune knows t2, the (older) searcher does not
+    out = capsys.readouterr().out
+    assert "resume: trial t2 is Optuna trial #2" in out
+    assert search._counter == 3 and limiter.live_trials == {"t2"}
+    limiter.on_trial_complete("t2", result | {METRIC: 0.7})
+    assert study.trials[2].state == optuna.trial.TrialState.COMPLETE
+    assert study.trials[2].values == [0.7]
+
+    limiter.suggest("t4")  # proposed, then the driver dies before Tune saves its trial list
+    reconcile_search(search, trials)
+    assert "Optuna trial #3 (Tune t4) was proposed after Tune's last experiment checkpoint" in (
+        capsys.readouterr().out)
+    assert study.trials[3].state == optuna.trial.TrialState.FAIL
+
+
+PROBE = r'''
+import ray
+from adr_scale.tune import start_local_ray
+
+start_local_ray(1)
+
+
+@ray.remote(num_cpus=0)
+class Asker:
+    def state_of(self, actor_id):  # what Ray Train's PlacementGroupCleaner asks
+        from ray.util.state import get_actor
+        return get_actor(actor_id, timeout=60).state
+
+    def from_a_detached_actor(self, actor_id):  # the cleaner: detached, made by the controller
+        return ray.get(Asker.options(lifetime="detached").remote().state_of.remote(actor_id))
+
+
+asker = Asker.remote()
+print("state:", ray.get(asker.from_a_detached_actor.remote(asker._actor_id.hex())))
+'''
+
+
+@pytest.mark.timeout(400)
+def test_workers_of_a_search_find_their_ray_beside_another_one(tmp_path):
+    """With a second local Ray running, the State API in a search's workers (where Ray Train
+    cleans up a stopped trial's placement group) finds the search's own cluster, not "multiple
+    active Ray instances"."""
+    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(num_cpus=1); "
+                              "print('up', flush=True); time.sleep(600)"],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        (tmp_path / "probe.py").write_text(PROBE)
+        done = subprocess.run([sys.executable, str(tmp_path / "probe.py")], capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        os.killpg(other.pid, signal.SIGKILL)
+        other.wait()
+    assert "state: ALIVE" in done.stdout, (done.stdout + done.stderr)[-3000:]

@@ -409,6 +409,45 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, worker
             callbacks=callbacks or []))
 
 
+START_ATTEMPTS = 3  # local Ray starts before a driver gives up
+
+
+def start_local_ray(num_cpus: int | None = None,
+                    resources: dict[str, float] | None = None) -> None:
+    """Start this driver's own Ray (a search's or a run's) with RAY_ADDRESS set in every worker.
+
+    Ray Train's PlacementGroupCleaner (an actor beside each Train run) removes the run's placement
+    group when its controller dies, as it does when Tune stops a trial (ASHA, or the end of a
+    trial whose Train run is still closing). It asks the State API, which without RAY_ADDRESS
+    finds its cluster by scanning the machine's processes and fails ("Found multiple active Ray
+    instances") wherever a second Ray runs: another search, a test run. The cleaner's thread then
+    dies, the placement group stays, and the next trial's workers wait for its CPUs for ever
+    (Train retries its 60 s start timeout without limit). So the GCS port is chosen here and
+    handed to the workers."""
+    import socket
+
+    import ray
+
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with socket.socket() as probe:  # a free port now; Ray binds it a moment later
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        gcs = f"{ray.util.get_node_ip_address()}:{port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        try:
+            ray.init(num_cpus=num_cpus, resources=resources,
+                     runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
+            return
+        except Exception as exc:  # Ray waits a fixed 30 s for its raylet, too short when busy
+            if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            print(f"the local Ray did not start within Ray's 30 s (a busy machine); attempt "
+                  f"{attempt + 1} of {START_ATTEMPTS}", file=sys.stderr, flush=True)
+        finally:
+            del os.environ["RAY_GCS_SERVER_PORT"]
+
+
 def launch(cfg: RunConfig, out: Path, **options: Any) -> dict[str, Any]:
     """Train `cfg` on Ray Train (options: see `_launch`) holding the lock on `out`."""
     with RunLock(out):  # one writer per run directory
@@ -443,7 +482,10 @@ def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float =
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True, include_dashboard=None)
+        if address:
+            ray.init(address=address, log_to_driver=True, include_dashboard=None)
+        else:
+            start_local_ray()
     check_storage_visible(storage)
     spe, total = schedule_length(cfg, len(splits.train))
     loop_config: dict[str, Any] = {"config": to_dict(cfg), "report_divergence": True}

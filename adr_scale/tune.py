@@ -635,44 +635,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-START_ATTEMPTS = 3  # local Ray starts before a search gives up
-
-
-def start_local_ray(num_cpus: int, resources: dict[str, float] | None = None) -> None:
-    """Start this search's own Ray with RAY_ADDRESS set in every worker it runs.
-
-    Ray Train's PlacementGroupCleaner (an actor beside each Train run) removes the run's placement
-    group when its controller dies, as it does when Tune stops a trial (ASHA, or the end of a
-    trial whose Train run is still closing). It asks the State API, which without RAY_ADDRESS
-    finds its cluster by scanning the machine's processes and fails ("Found multiple active Ray
-    instances") wherever a second Ray runs: another search, a test run. The cleaner's thread then
-    dies, the placement group stays, and the next trial's workers wait for its CPUs for ever
-    (Train retries its 60 s start timeout without limit). So the GCS port is chosen here and
-    handed to the workers."""
-    import socket
-
-    import ray
-
-    for attempt in range(1, START_ATTEMPTS + 1):
-        with socket.socket() as probe:  # a free port now; Ray binds it a moment later
-            probe.bind(("", 0))
-            port = probe.getsockname()[1]
-        gcs = f"{ray.util.get_node_ip_address()}:{port}"
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-        try:
-            ray.init(num_cpus=num_cpus, resources=resources,
-                     runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
-            return
-        except Exception as exc:  # Ray waits a fixed 30 s for its raylet, too short when busy
-            if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
-                raise
-            ray.shutdown()
-            print(f"the local Ray did not start within Ray's 30 s (a busy machine); attempt "
-                  f"{attempt + 1} of {START_ATTEMPTS}", file=sys.stderr, flush=True)
-        finally:
-            del os.environ["RAY_GCS_SERVER_PORT"]
-
-
 def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurrent: int,
                workers: int = 1, gpus: float = 0, cpus: float = 1, address: str | None = None,
                storage_path: str | None = None, optuna_storage: str | None = None,
@@ -699,6 +661,8 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         if address:
             ray.init(address=address)
         else:
+            from adr_scale.train import start_local_ray
+
             start_local_ray(max(os.cpu_count() or 1, at_once * (1 + math.ceil(workers * cpus))),
                             resources={SEARCH_SLOT: max_concurrent})
     trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial

@@ -31,7 +31,9 @@ def _without_time(rows):
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False)
+    from adr_scale.train import start_local_ray
+
+    start_local_ray(4)  # RAY_ADDRESS in its workers: Train's cleaner works beside another Ray
     yield
     ray.shutdown()
 

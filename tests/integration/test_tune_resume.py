@@ -228,7 +228,7 @@ def test_reconcile_restored_searcher_with_the_trials_and_the_study(tmp_path, cap
 
 PROBE = r'''
 import ray
-from adr_scale.tune import start_local_ray
+from adr_scale.train import start_local_ray
 
 start_local_ray(1)
 

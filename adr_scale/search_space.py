@@ -478,3 +478,21 @@ def _check_warm_start(space: SearchSpace) -> None:
 
 def load_space(path: str | Path) -> SearchSpace:
     return parse_space(read_yaml_file(path, "--space"), source=str(path))
+
+
+def rung_milestones(max_t: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """Epochs at which successive halving ranks a rung: grace * rf**k below the budget."""
+    milestones, m = [], grace_period
+    while m < max_t:
+        milestones.append(m)
+        m *= reduction_factor
+    return milestones
+
+
+def halving_cost(n: int, max_t: int, grace_period: int, reduction_factor: int) -> int:
+    """Epochs one bracket of n trials consumes: each rung keeps floor(kept / rf), at least one."""
+    cost, kept, done = 0, n, 0
+    for m in rung_milestones(max_t, grace_period, reduction_factor) + [max_t]:
+        cost += kept * (m - done)
+        kept, done = max(1, kept // reduction_factor), m
+    return cost

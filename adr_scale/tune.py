@@ -185,8 +185,9 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int):
         space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler,
         points_to_evaluate=_first_points(space), study_name=space.name,
         storage=optuna.storages.RDBStorage(optuna_url))
-    search, _ = _resume_classes()
-    return search(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+    from adr_scale.tune_resume import ResumableSearch
+
+    return ResumableSearch(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
 
 
 def _first_points(space: SearchSpace) -> list[dict[str, Any]] | None:
@@ -194,9 +195,6 @@ def _first_points(space: SearchSpace) -> list[dict[str, Any]] | None:
     points = list(space.reference_points().values()) or (
         [space.warm_start_params()] if space.warm_start else [])
     return points or None
-
-
-HALVING_STATE = "halving_rungs.json"  # in --out: the successive-halving rung records
 
 
 def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None = None):
@@ -213,181 +211,15 @@ def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None 
                              grace_period=space.grace_period,
                              reduction_factor=space.reduction_factor)
     if space.scheduler == "halving":
-        import adr_scale.tune as module  # this module, also when run as __main__
+        from adr_scale.tune_halving import HALVING_STATE, SuccessiveHalving
 
         path = Path(state_dir or ".") / HALVING_STATE
         path.unlink(missing_ok=True)  # a new search: rung records of an old one do not apply
-        return module.SuccessiveHalving(
+        return SuccessiveHalving(
             metric=METRIC, max_t=space.epochs, bracket=num_samples,
             grace_period=space.grace_period, reduction_factor=space.reduction_factor,
             state_path=str(path))
     return FIFOScheduler()
-
-
-def rung_milestones(max_t: int, grace_period: int, reduction_factor: int) -> list[int]:
-    """Epochs at which successive halving ranks a rung: grace * rf**k below the budget."""
-    milestones, m = [], grace_period
-    while m < max_t:
-        milestones.append(m)
-        m *= reduction_factor
-    return milestones
-
-
-def halving_cost(n: int, max_t: int, grace_period: int, reduction_factor: int) -> int:
-    """Epochs one bracket of n trials consumes: each rung keeps floor(kept / rf), at least one."""
-    cost, kept, done = 0, n, 0
-    for m in rung_milestones(max_t, grace_period, reduction_factor) + [max_t]:
-        cost += kept * (m - done)
-        kept, done = max(1, kept // reduction_factor), m
-    return cost
-
-
-def _make_halving_class():
-    """SuccessiveHalving subclasses a Ray class, and Ray is imported lazily (tests, --help):
-    built on first use, under this module's name so Tune's tuner.pkl unpickles it."""
-    from ray.tune.experiment import Trial
-    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-
-    class SuccessiveHalving(FIFOScheduler):
-        """Synchronous successive halving over one bracket of `bracket` trials (Jamieson and
-        Talwalkar 2016; HyperBand's most aggressive bracket). A trial that reaches a rung
-        (grace * rf**k epochs) is paused until every trial of the rung has reported; then the
-        best floor(n / rf) (at least one) continue and the rest stop. Unlike asynchronous ASHA,
-        no trial passes a rung for being early, so the cost of a bracket is fixed
-        (`halving_cost`). The rung records are saved to `state_path` after every change and
-        read back on a restored search (Tune saves no scheduler state in its experiment
-        checkpoint), so a resumed search ranks against the records made before the kill.
-
-        A paused trial's Train run keeps its checkpoints: unpaused, `run_trial` rebuilds the
-        same named Ray Train run, which resumes from its latest epoch."""
-
-        def __init__(self, *, metric: str, max_t: int, bracket: int, grace_period: int,
-                     reduction_factor: int, state_path: str, time_attr: str = "epoch"):
-            super().__init__()
-            self._metric, self._time_attr, self._max_t = metric, time_attr, max_t
-            self._bracket, self._rf, self._path = bracket, reduction_factor, state_path
-            self._milestones = rung_milestones(max_t, grace_period, reduction_factor)
-            self._state = None  # read lazily: on a restore the file holds the records
-
-        # -- state ------------------------------------------------------------------------
-
-        def __getstate__(self) -> dict[str, Any]:
-            return self.__dict__ | {"_state": None}  # the file, not a pickled copy, holds it
-
-        def _records(self) -> dict[str, Any]:
-            if self._state is None:
-                fresh = {"bracket": self._bracket, "milestones": self._milestones,
-                         "recorded": {str(m): {} for m in self._milestones},
-                         "promoted": {str(m): None for m in self._milestones}, "ended": []}
-                try:
-                    self._state = json.loads(Path(self._path).read_text())
-                except FileNotFoundError:
-                    self._state = fresh
-            return self._state
-
-        def _save(self) -> None:
-            from adr_scale.rundir import atomic_write_text
-
-            atomic_write_text(Path(self._path), json.dumps(self._state, indent=1) + "\n")
-
-        def _expected(self, k: int) -> set[str] | None:
-            """Trial ids rung k waits for (None at the first rung: any `bracket` trials)."""
-            if k == 0:
-                return None
-            return set(self._records()["promoted"][str(self._milestones[k - 1])] or ())
-
-        def _full(self, k: int) -> bool:
-            st = self._records()
-            recorded, ended = set(st["recorded"][str(self._milestones[k])]), set(st["ended"])
-            expected = self._expected(k)
-            if expected is None:
-                return len(recorded) + len(ended - recorded) >= st["bracket"]
-            return st["promoted"][str(self._milestones[k - 1])] is not None and (
-                expected <= recorded | ended)
-
-        def _decide(self, tune_controller) -> None:
-            """Rank every rung that is complete and undecided; stop its paused losers."""
-            st = self._records()
-            for k, m in enumerate(self._milestones):
-                if st["promoted"][str(m)] is not None or not self._full(k):
-                    continue
-                scores = st["recorded"][str(m)]
-                ranked = sorted(scores, key=lambda t: (-scores[t], t))
-                st["promoted"][str(m)] = ranked[:max(1, len(ranked) // self._rf)]
-                self._save()
-                losers = set(ranked) - set(st["promoted"][str(m)])
-                for trial in tune_controller.get_trials():
-                    if trial.trial_id in losers and trial.status == Trial.PAUSED:
-                        tune_controller.stop_trial(trial)
-
-        # -- Tune's scheduler interface ---------------------------------------------------
-
-        def set_search_properties(self, metric, mode, **spec) -> bool:
-            return True  # the metric is fixed (validation robust accuracy, maximised)
-
-        def on_trial_add(self, tune_controller, trial) -> None:
-            self._records()
-
-        def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
-            if self._time_attr not in result or self._metric not in result:
-                return TrialScheduler.CONTINUE
-            st, t, tid = self._records(), result[self._time_attr], trial.trial_id
-            score = float(result[self._metric])
-            for m in self._milestones:
-                if t < m:
-                    break
-                recorded, promoted = st["recorded"][str(m)], st["promoted"][str(m)]
-                if tid not in recorded:  # the first result at or past this rung
-                    recorded[tid] = score if score == score else float("-inf")  # NaN: last
-                    self._save()
-                    self._decide(tune_controller)
-                    promoted = st["promoted"][str(m)]
-                if promoted is None:
-                    return TrialScheduler.PAUSE  # until the rung is complete
-                if tid not in promoted:
-                    return TrialScheduler.STOP
-            return TrialScheduler.CONTINUE
-
-        def _ended(self, tune_controller, trial) -> None:
-            st = self._records()
-            if trial.trial_id not in st["ended"]:
-                st["ended"].append(trial.trial_id)
-                self._save()
-            self._decide(tune_controller)
-
-        def on_trial_complete(self, tune_controller, trial, result) -> None:
-            self._ended(tune_controller, trial)
-
-        def on_trial_error(self, tune_controller, trial) -> None:
-            self._ended(tune_controller, trial)
-
-        def on_trial_remove(self, tune_controller, trial) -> None:
-            self._ended(tune_controller, trial)
-
-        def choose_trial_to_run(self, tune_controller):
-            """New trials first (they fill the first rung), then paused winners."""
-            st = self._records()
-            trials = tune_controller.get_trials()
-            for trial in trials:
-                if trial.status == Trial.PENDING:
-                    return trial
-            for trial in trials:
-                at = [m for m in self._milestones if trial.trial_id in st["recorded"][str(m)]]
-                if trial.status == Trial.PAUSED and at and trial.trial_id in (
-                        st["promoted"][str(at[-1])] or ()):
-                    return trial
-            return None
-
-        def debug_string(self) -> str:
-            st = self._records()
-            return "Successive halving: " + ", ".join(
-                f"epoch {m}: {len(st['recorded'][str(m)])} recorded"
-                + (f", {len(st['promoted'][str(m)])} kept" if st["promoted"][str(m)] else "")
-                for m in self._milestones)
-
-    SuccessiveHalving.__module__ = "adr_scale.tune"  # not __main__ under python -m
-    SuccessiveHalving.__qualname__ = "SuccessiveHalving"
-    return SuccessiveHalving
 
 
 def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_concurrent: int,
@@ -453,188 +285,6 @@ def _low_point(space: SearchSpace) -> dict[str, Any]:
             for p in space.params}
 
 
-# ---------------------------------------------------------------------------------------------
-# Resume: the searcher's state is made to agree with the trials Tune restores and with the study
-#
-# Tune saves the trial list (experiment_state-*.json) and the searcher (search_gen_state-*.json:
-# the ConcurrencyLimiter's live slots; searcher-state-*.pkl: OptunaSearch's trials) one file
-# after the other and copies them to storage in a background thread, every >= 10 s; Optuna
-# writes a trial's end to its database at once. A driver killed in between leaves (a) a trial
-# Tune reruns though the study holds it finished: its re-announced final row reached Optuna
-# again (UpdateFinishedTrialError), and (b) a limiter slot held by a trial Tune holds finished or
-# never saw: with max_concurrent slots held that way the searcher proposes nothing, ever (the
-# stall; load widens the window, since the copy then takes longer).
-
-WAIT_REPORT_S = float(os.environ.get("ADR_SCALE_WAIT_REPORT_S", "60"))  # s without any trial
-# event after which the search prints what it waits for
-
-
-def experiment_trials(directory: str | Path) -> dict[str, tuple[str, dict[str, Any]]]:
-    """{trial id: (Tune status, config)} of the newest experiment state in `directory` (the
-    file Tune restores its trial list from: the newest name)."""
-    files = sorted(Path(directory).glob("experiment_state-*.json"))
-    if not files:
-        return {}
-    trials = {}
-    for trial_json, _ in json.loads(files[-1].read_text())["trial_data"]:
-        trial = json.loads(trial_json)
-        trials[trial["trial_id"]] = (trial["status"], trial.get("config") or {})
-    return trials
-
-
-def reconcile_search(search, trials: dict[str, tuple[str, dict[str, Any]]], say=None) -> None:
-    """Make a restored SearchGenerator(ConcurrencyLimiter(OptunaSearch)) agree with `trials` (what
-    Tune restored) and with the Optuna study (the record of what finished); `say` (print) gets
-    one line per change."""
-    from optuna.trial import TrialState
-
-    say = say or print
-
-    limiter = search.searcher
-    optuna_search = limiter.searcher
-    study, ot_trials = optuna_search._ot_study, optuna_search._ot_trials
-    frozen = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
-    rerun = {tid for tid, (status, _) in trials.items() if status != "TERMINATED"}
-    for tid in sorted(set(ot_trials) - set(trials)):  # proposed after Tune's last save
-        record = frozen.get(ot_trials.pop(tid)._trial_id)
-        optuna_search._completed_trials.discard(tid)
-        if record is not None and record.state == TrialState.RUNNING:
-            study.tell(record.number, state=TrialState.FAIL)
-            say(f"resume: Optuna trial #{record.number} (Tune {tid}) was proposed after Tune's "
-                "last experiment checkpoint and died with the killed driver: marked FAIL")
-    for tid in sorted(rerun):
-        if tid not in ot_trials and not _adopt(optuna_search, tid, trials[tid][1], frozen):
-            optuna_search._completed_trials.add(tid)  # no study trial to tell: never report it
-            say(f"resume: trial {tid} has no Optuna trial; it reruns without reporting to Optuna")
-            continue
-        record = frozen.get(ot_trials[tid]._trial_id) if tid in ot_trials else None
-        if record is not None and record.state.is_finished() and (
-                tid not in optuna_search._completed_trials):
-            optuna_search._completed_trials.add(tid)
-            say(f"resume: trial {tid} is already {record.state.name} in the Optuna study "
-                f"(#{record.number}, value {record.values}); Tune reruns it from its last "
-                "checkpoint and its re-announced result is not reported to Optuna again")
-    stale = set(limiter.live_trials) - rerun
-    if stale:
-        say(f"resume: freed {len(stale)} searcher slot(s) held by trials that will not run "
-            f"again ({', '.join(sorted(stale))})")
-    limiter.live_trials = set(rerun)
-    limiter.num_unfinished_live_trials = len(rerun)
-    if search._counter != len(trials):
-        say(f"resume: {len(trials)} trials in Tune's experiment state, the searcher counted "
-            f"{search._counter}; continuing from {len(trials)} of {search.total_samples}")
-        search._counter = len(trials)
-
-
-def _adopt(optuna_search, tid: str, config: dict[str, Any], frozen) -> bool:
-    """A trial Tune restored that the (older) searcher state does not know: take over the running
-    study trial with its parameters (asked before the kill); False if there is none."""
-    from optuna.trial import Trial, TrialState
-
-    taken = {t._trial_id for t in optuna_search._ot_trials.values()}
-    for record in frozen.values():
-        if (record.state == TrialState.RUNNING and record._trial_id not in taken
-                and record.params and all(k in config and math.isclose(v, config[k])
-                                          for k, v in record.params.items())):
-            optuna_search._ot_trials[tid] = Trial(optuna_search._ot_study, record._trial_id)
-            print(f"resume: trial {tid} is Optuna trial #{record.number} (proposed after the "
-                  "searcher's last save)")
-            return True
-    return False
-
-
-def waiting_line(trials, search, idle_s: float) -> str:
-    """What a search waits for: its running and pending trials, the free Ray resources, the
-    placement groups not yet placed and the searcher's concurrency slots."""
-    import ray
-
-    parts = []
-    for trial in trials:
-        if trial.status == "RUNNING":
-            parts.append(f"running {trial.trial_id} (epoch {trial.last_result.get('epoch', 0)})")
-        elif trial.status in ("PENDING", "PAUSED"):
-            needs = _resources(trial.placement_group_factory.required_resources)
-            parts.append(f"{trial.status.lower()} {trial.trial_id} (needs {needs})")
-    free, total = ray.available_resources(), ray.cluster_resources()
-    parts.append(f"Ray free CPU {free.get('CPU', 0):g} of {total.get('CPU', 0):g}"
-                 + (f", GPU {free.get('GPU', 0):g} of {total['GPU']:g}" if "GPU" in total else ""))
-    unplaced = [_resources(b) for pg in ray.util.placement_group_table().values()
-                if pg.get("state") == "PENDING" for b in pg.get("bundles", {}).values()]
-    if unplaced:
-        parts.append(f"placement groups waiting for {'; '.join(unplaced)}")
-    limiter = getattr(search, "searcher", None)
-    if hasattr(limiter, "live_trials"):  # an Optuna search (PBT: Tune's own variant generator)
-        parts.append(f"searcher slots {len(limiter.live_trials)}/{limiter.max_concurrent} held by "
-                     f"[{', '.join(sorted(limiter.live_trials))}], {search._counter} of "
-                     f"{search.total_samples} trials proposed")
-    return f"search waiting ({idle_s:.0f} s without a trial event): " + "; ".join(parts)
-
-
-def _resources(resources: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if v) or "nothing"
-
-
-def _resume_classes():
-    """ResumableSearch and WaitReport, built on first use so that importing this module (and
-    --help, and every refusal) does not import Ray; module __getattr__ hands them to pickle."""
-    if __name__ == "__main__":  # python -m adr_scale.tune: the classes live in the importable
-        import importlib  # module, so pickle (Tune's tuner.pkl) refers to them by name
-
-        return importlib.import_module("adr_scale.tune")._resume_classes()
-    if "WaitReport" in globals():  # one class each: pickle finds instances' classes by name
-        return globals()["ResumableSearch"], globals()["WaitReport"]
-    import time
-
-    from ray.tune import Callback
-    from ray.tune.search import SearchGenerator
-
-    class ResumableSearch(SearchGenerator):
-        """Tune's SearchGenerator, reconciled with the restored trials and the study on resume."""
-
-        def restore_from_dir(self, dirpath: str) -> None:
-            super().restore_from_dir(dirpath)
-            reconcile_search(self, experiment_trials(dirpath))
-
-    class WaitReport(Callback):
-        """Prints `waiting_line` after `every_s` seconds without a trial starting, reporting or
-        ending, and again every `every_s` seconds while that lasts."""
-
-        def __init__(self, search=None, every_s: float = WAIT_REPORT_S) -> None:
-            self.search, self.every_s, self.since = search, every_s, time.monotonic()
-
-        def setup(self, **info) -> None:
-            self.since = time.monotonic()
-
-        def _event(self, *args, **info) -> None:
-            self.since = time.monotonic()
-
-        on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _event
-
-        def on_step_end(self, iteration: int, trials, **info) -> None:
-            idle = time.monotonic() - self.since
-            if idle >= self.every_s:
-                print(waiting_line(trials, self.search, idle), flush=True)
-                self.since = time.monotonic()
-
-    for cls in (ResumableSearch, WaitReport):
-        cls.__module__, cls.__qualname__ = __name__, cls.__name__
-        globals()[cls.__name__] = cls
-    return ResumableSearch, WaitReport
-
-
-def __getattr__(name: str):
-    """The Ray subclasses, built on first access (importing this module, --help and every
-    refusal import no Ray): Tune pickles them into tuner.pkl by reference, and a restore in a
-    fresh process looks them up here."""
-    if name == "SuccessiveHalving":
-        globals()[name] = cls = _make_halving_class()
-        return cls
-    if name in ("ResumableSearch", "WaitReport"):
-        _resume_classes()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurrent: int,
                workers: int = 1, gpus: float = 0, cpus: float = 1, address: str | None = None,
                storage_path: str | None = None, optuna_storage: str | None = None,
@@ -675,10 +325,11 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
                                    resume_errored=True)
     else:
         setup = _tuner_setup(space, optuna_url, num_samples, max_concurrent, state_dir=out)
-        _, wait_report = _resume_classes()
+        from adr_scale.tune_resume import WaitReport
+
         tuner = tune.Tuner(trainable, **setup, run_config=tune.RunConfig(
             name=space.name, storage_path=storage,
-            callbacks=[wait_report(getattr(setup["tune_config"], "search_alg", None))]))
+            callbacks=[WaitReport(getattr(setup["tune_config"], "search_alg", None))]))
     grid = tuner.fit()
     from adr_scale.search_report import write_search_outputs
 

@@ -4,7 +4,7 @@ Both searches draw the same trials (the random sampler with one seed proposes th
 whatever the results, and the references come first), so the only difference is the early
 stopping. Prints the epochs each consumed, their ratio (goal <= 1/4), whether both pick the same
 best trial, and the wall time of each. `halving` (synchronous successive halving) has a fixed
-cost, `adr_scale.tune.halving_cost`; asynchronous `asha` lets early trials through its rungs.
+cost, `adr_scale.search_space.halving_cost`; asynchronous `asha` lets early trials through its rungs.
 
 Examples:
   python benchmarks/search_cost.py --json benchmarks/results/search_cost.json  # 27 trials
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from adr_scale.search_space import Param, load_space
-from adr_scale.tune import halving_cost, run_search
+from adr_scale.search_space import Param, halving_cost, load_space
+from adr_scale.tune import run_search
 
 
 def parse_args() -> argparse.Namespace:

@@ -175,7 +175,8 @@ def test_reconcile_restored_searcher_with_the_trials_and_the_study(tmp_path, cap
     import optuna
 
     from adr_scale.search_space import CLEAN_METRIC, METRIC, load_space
-    from adr_scale.tune import _searcher, reconcile_search
+    from adr_scale.tune import _searcher
+    from adr_scale.tune_resume import reconcile_search
 
     space = load_space(_space(tmp_path))
     url = f"sqlite:///{tmp_path / 'optuna.db'}"

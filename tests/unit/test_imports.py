@@ -6,7 +6,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("adr_scale", "data_pipeline")
-RAY_ALLOWED = ("adr_scale.train", "adr_scale.tune", "data_pipeline")
+RAY_ALLOWED = ("adr_scale.train", "adr_scale.tune", "adr_scale.tune_halving",
+               "adr_scale.tune_resume", "data_pipeline")
 
 
 def _modules() -> dict[str, Path]:

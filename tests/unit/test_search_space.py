@@ -138,7 +138,7 @@ def test_tune_cli_refuses_a_bad_space_before_starting_ray(tmp_path):
 
 
 def test_successive_halving_parses_and_costs_what_its_rungs_say():
-    from adr_scale.tune import halving_cost, rung_milestones
+    from adr_scale.search_space import halving_cost, rung_milestones
 
     space = parse_space(_with(scheduler={"type": "halving", "grace_period": 1,
                                          "reduction_factor": 3}, budget={"epochs": 9}))

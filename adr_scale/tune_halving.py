@@ -1,0 +1,154 @@
+"""Synchronous successive halving for `python -m adr_scale.tune` (`scheduler: {type: halving}`):
+a Tune scheduler whose rung records live in a file beside the search, so a resumed search ranks
+against the records made before the kill. Imported by the driver only (it needs Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from adr_scale.search_space import rung_milestones
+
+HALVING_STATE = "halving_rungs.json"  # in --out: the successive-halving rung records
+
+
+class SuccessiveHalving(FIFOScheduler):
+    """Synchronous successive halving over one bracket of `bracket` trials (Jamieson and
+    Talwalkar 2016; HyperBand's most aggressive bracket). A trial that reaches a rung
+    (grace * rf**k epochs) is paused until every trial of the rung has reported; then the
+    best floor(n / rf) (at least one) continue and the rest stop. Unlike asynchronous ASHA,
+    no trial passes a rung for being early, so the cost of a bracket is fixed
+    (`halving_cost`). The rung records are saved to `state_path` after every change and
+    read back on a restored search (Tune saves no scheduler state in its experiment
+    checkpoint), so a resumed search ranks against the records made before the kill.
+
+    A paused trial's Train run keeps its checkpoints: unpaused, `run_trial` rebuilds the
+    same named Ray Train run, which resumes from its latest epoch."""
+
+    def __init__(self, *, metric: str, max_t: int, bracket: int, grace_period: int,
+                 reduction_factor: int, state_path: str, time_attr: str = "epoch"):
+        super().__init__()
+        self._metric, self._time_attr, self._max_t = metric, time_attr, max_t
+        self._bracket, self._rf, self._path = bracket, reduction_factor, state_path
+        self._milestones = rung_milestones(max_t, grace_period, reduction_factor)
+        self._state = None  # read lazily: on a restore the file holds the records
+
+    # -- state ------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_state": None}  # the file, not a pickled copy, holds it
+
+    def _records(self) -> dict[str, Any]:
+        if self._state is None:
+            fresh = {"bracket": self._bracket, "milestones": self._milestones,
+                     "recorded": {str(m): {} for m in self._milestones},
+                     "promoted": {str(m): None for m in self._milestones}, "ended": []}
+            try:
+                self._state = json.loads(Path(self._path).read_text())
+            except FileNotFoundError:
+                self._state = fresh
+        return self._state
+
+    def _save(self) -> None:
+        from adr_scale.rundir import atomic_write_text
+
+        atomic_write_text(Path(self._path), json.dumps(self._state, indent=1) + "\n")
+
+    def _expected(self, k: int) -> set[str] | None:
+        """Trial ids rung k waits for (None at the first rung: any `bracket` trials)."""
+        if k == 0:
+            return None
+        return set(self._records()["promoted"][str(self._milestones[k - 1])] or ())
+
+    def _full(self, k: int) -> bool:
+        st = self._records()
+        recorded, ended = set(st["recorded"][str(self._milestones[k])]), set(st["ended"])
+        expected = self._expected(k)
+        if expected is None:
+            return len(recorded) + len(ended - recorded) >= st["bracket"]
+        return st["promoted"][str(self._milestones[k - 1])] is not None and (
+            expected <= recorded | ended)
+
+    def _decide(self, tune_controller) -> None:
+        """Rank every rung that is complete and undecided; stop its paused losers."""
+        st = self._records()
+        for k, m in enumerate(self._milestones):
+            if st["promoted"][str(m)] is not None or not self._full(k):
+                continue
+            scores = st["recorded"][str(m)]
+            ranked = sorted(scores, key=lambda t: (-scores[t], t))
+            st["promoted"][str(m)] = ranked[:max(1, len(ranked) // self._rf)]
+            self._save()
+            losers = set(ranked) - set(st["promoted"][str(m)])
+            for trial in tune_controller.get_trials():
+                if trial.trial_id in losers and trial.status == Trial.PAUSED:
+                    tune_controller.stop_trial(trial)
+
+    # -- Tune's scheduler interface ---------------------------------------------------
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # the metric is fixed (validation robust accuracy, maximised)
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._records()
+
+    def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+        if self._time_attr not in result or self._metric not in result:
+            return TrialScheduler.CONTINUE
+        st, t, tid = self._records(), result[self._time_attr], trial.trial_id
+        score = float(result[self._metric])
+        for m in self._milestones:
+            if t < m:
+                break
+            recorded, promoted = st["recorded"][str(m)], st["promoted"][str(m)]
+            if tid not in recorded:  # the first result at or past this rung
+                recorded[tid] = score if score == score else float("-inf")  # NaN: last
+                self._save()
+                self._decide(tune_controller)
+                promoted = st["promoted"][str(m)]
+            if promoted is None:
+                return TrialScheduler.PAUSE  # until the rung is complete
+            if tid not in promoted:
+                return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def _ended(self, tune_controller, trial) -> None:
+        st = self._records()
+        if trial.trial_id not in st["ended"]:
+            st["ended"].append(trial.trial_id)
+            self._save()
+        self._decide(tune_controller)
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self._ended(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._ended(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._ended(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller):
+        """New trials first (they fill the first rung), then paused winners."""
+        st = self._records()
+        trials = tune_controller.get_trials()
+        for trial in trials:
+            if trial.status == Trial.PENDING:
+                return trial
+        for trial in trials:
+            at = [m for m in self._milestones if trial.trial_id in st["recorded"][str(m)]]
+            if trial.status == Trial.PAUSED and at and trial.trial_id in (
+                    st["promoted"][str(at[-1])] or ()):
+                return trial
+        return None
+
+    def debug_string(self) -> str:
+        st = self._records()
+        return "Successive halving: " + ", ".join(
+            f"epoch {m}: {len(st['recorded'][str(m)])} recorded"
+            + (f", {len(st['promoted'][str(m)])} kept" if st["promoted"][str(m)] else "")
+            for m in self._milestones)

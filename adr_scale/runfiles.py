@@ -17,11 +17,20 @@ CONFIG_FILE = "config.json"  # the resolved config, so the driver compares it be
 SEGMENTS_FILE = "segments.json"  # a PBT trial's learned schedule, in its Tune checkpoints
 DIVERGED_FILE = ".diverged"  # the workers' divergence line, handed to the driver by the callback
 
-CHECKPOINT_DIR = re.compile(r"epoch-\d+")  # Ray Train checkpoint directory names (train.py)
+# Ray Train checkpoint directory names (train.py): epoch-0003, or epoch-0003-r01 for epoch 3
+# trained again after a resume fell back past a torn epoch-0003 (names sort in training order)
+CHECKPOINT_DIR = re.compile(r"epoch-\d+(-r\d+)?")
 
 
-def checkpoint_dir_name(epoch: int) -> str:
-    return f"epoch-{epoch:04d}"
+def checkpoint_dir_name(epoch: int, taken: frozenset[str] | set[str] = frozenset()) -> str:
+    """The first of epoch-NNNN, epoch-NNNN-r01, ... not in `taken`: a resume that fell back past
+    torn checkpoints must not report under their names, or Ray Train, evicting the torn entry,
+    deletes the directory the new checkpoint was just written to."""
+    name, again = f"epoch-{epoch:04d}", 0
+    while name in taken:
+        again += 1
+        name = f"epoch-{epoch:04d}-r{again:02d}"
+    return name
 
 
 def storage_filesystem(storage: str):

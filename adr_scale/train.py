@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +160,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = build_state(cfg, splits.info, len(splits.train), device)
     # This run's own latest checkpoint (a restarted group or driver) or, for a new run, the
     # checkpoint it starts from (a PBT segment continuing its own or another trial's state).
-    checkpoint, path = ray.train.get_checkpoint(), None
+    checkpoint, path, skipped = ray.train.get_checkpoint(), None, frozenset()
     if checkpoint is not None:  # this run's own: the newest of its checkpoints that loads
-        path, ckpt = newest_readable(checkpoint)
+        path, ckpt, skipped = newest_readable(checkpoint)
         load_state(state, ckpt)
     elif config.get("init_checkpoint") is not None:
         path = config["init_checkpoint"].path
@@ -184,7 +185,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     synthetic = open_synthetic(cfg, splits.info, ctx.get_world_rank(), ctx.get_world_size(),
                                device=device)
     try:
-        run_epochs(state, train, splits.val, _report_epoch, until_epoch=until, synthetic=synthetic)
+        run_epochs(state, train, splits.val, partial(_report_epoch, taken=skipped),
+                   until_epoch=until, synthetic=synthetic)
     except TrainingDiverged as exc:
         if not config.get("report_divergence"):
             raise
@@ -194,10 +196,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report({"diverged": str(exc)})
 
 
-def newest_readable(checkpoint) -> tuple[str, dict[str, Any]]:
-    """(path, state) of Ray Train checkpoint `checkpoint` or, when its state.pt does not load (a
-    file torn by a full disk or a copy cut short), of the newest older checkpoint of the same run
-    that does; rank 0 names each skipped one in one line. Raises ConfigError if none loads."""
+def newest_readable(checkpoint) -> tuple[str, dict[str, Any], frozenset[str]]:
+    """(path, state, names of the checkpoints skipped) of Ray Train checkpoint `checkpoint` or,
+    when its state.pt does not load (a file torn by a full disk or a copy cut short), of the
+    newest older checkpoint of the same run that does; rank 0 names each skipped one in one
+    line. Raises ConfigError if none loads."""
     import ray.train
 
     from adr_scale.checkpoint import load_checkpoint
@@ -206,10 +209,11 @@ def newest_readable(checkpoint) -> tuple[str, dict[str, Any]]:
     fs = checkpoint.filesystem
     candidates = [checkpoint.path, *older_checkpoint_dirs(fs, checkpoint.path)]
     rank0 = ray.train.get_context().get_world_rank() == 0
-    for path in candidates:
+    for k, path in enumerate(candidates):
         try:
             with ray.train.Checkpoint(path, filesystem=fs).as_directory() as directory:
-                return path, load_checkpoint(Path(directory) / STATE_FILE)
+                state = load_checkpoint(Path(directory) / STATE_FILE)
+            return path, state, frozenset(p.rstrip("/").rsplit("/", 1)[-1] for p in candidates[:k])
         except Exception as exc:  # torch.load raises RuntimeError, EOFError, OSError, pickle errors
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
             if rank0:
@@ -220,10 +224,12 @@ def newest_readable(checkpoint) -> tuple[str, dict[str, Any]]:
                       "delete them to start over)")
 
 
-def _report_epoch(state, row: dict[str, Any], improved: bool, save: bool) -> None:
+def _report_epoch(state, row: dict[str, Any], improved: bool, save: bool, *,
+                  taken: frozenset[str] = frozenset()) -> None:
     """Every rank reports (a barrier) after a validated or checkpoint epoch; rank 0 attaches the
-    checkpoint (state.pt + history.json) when `save`. With train.checkpoint_upload=async Ray
-    uploads it on a background thread and the next epoch starts at once."""
+    checkpoint (state.pt + history.json) when `save`, under a directory name not in `taken` (the
+    torn checkpoints a resume skipped). With train.checkpoint_upload=async Ray uploads it on a
+    background thread and the next epoch starts at once."""
     import ray.train
 
     from adr_scale.engine import checkpoint_state
@@ -242,7 +248,7 @@ def _report_epoch(state, row: dict[str, Any], improved: bool, save: bool) -> Non
     try:
         write_checkpoint_files(directory, ckpt, state.history)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-                         checkpoint_dir_name=checkpoint_dir_name(state.epoch),
+                         checkpoint_dir_name=checkpoint_dir_name(state.epoch, taken),
                          checkpoint_upload_mode=upload)
     finally:
         if upload == ray.train.CheckpointUploadMode.SYNC:

@@ -170,7 +170,9 @@ def _pbt_domain(p):
 # The driver
 
 
-def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int):
+def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int | None):
+    """Optuna's searcher, behind a ConcurrencyLimiter of `max_concurrent` (None: no limiter),
+    inside the SearchGenerator that reconciles a restored search."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -187,7 +189,9 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int):
         storage=optuna.storages.RDBStorage(optuna_url))
     from adr_scale.tune_resume import ResumableSearch
 
-    return ResumableSearch(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+    if max_concurrent is not None:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    return ResumableSearch(searcher)
 
 
 def _first_points(space: SearchSpace) -> list[dict[str, Any]] | None:
@@ -238,9 +242,8 @@ def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_conc
                     search_alg=BasicVariantGenerator(points_to_evaluate=_first_points(space),
                                                      max_concurrent=max_concurrent),
                     scheduler=_scheduler(space), num_samples=num_samples)}
-    searcher = _searcher(space, optuna_url, max_concurrent)
-    if space.scheduler == "halving":
-        searcher = searcher.searcher  # without the ConcurrencyLimiter (see above)
+    searcher = _searcher(space, optuna_url,  # halving: no ConcurrencyLimiter (see above)
+                         None if space.scheduler == "halving" else max_concurrent)
     return {"tune_config": tune.TuneConfig(
         search_alg=searcher, scheduler=_scheduler(space, num_samples, state_dir),
         num_samples=num_samples)}

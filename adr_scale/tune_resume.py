@@ -41,15 +41,15 @@ def experiment_trials(directory: str | Path) -> dict[str, tuple[str, dict[str, A
 
 
 def reconcile_search(search, trials: dict[str, tuple[str, dict[str, Any]]], say=None) -> None:
-    """Make a restored SearchGenerator(ConcurrencyLimiter(OptunaSearch)) agree with `trials` (what
-    Tune restored) and with the Optuna study (the record of what finished); `say` (print) gets
-    one line per change."""
+    """Make a restored SearchGenerator(ConcurrencyLimiter(OptunaSearch)) (or, under successive
+    halving, SearchGenerator(OptunaSearch)) agree with `trials` (what Tune restored) and with the
+    Optuna study (the record of what finished); `say` (print) gets one line per change."""
     from optuna.trial import TrialState
 
     say = say or print
 
-    limiter = search.searcher
-    optuna_search = limiter.searcher
+    limiter = search.searcher if hasattr(search.searcher, "live_trials") else None
+    optuna_search = limiter.searcher if limiter is not None else search.searcher
     study, ot_trials = optuna_search._ot_study, optuna_search._ot_trials
     frozen = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
     rerun = {tid for tid, (status, _) in trials.items() if status != "TERMINATED"}
@@ -72,12 +72,13 @@ def reconcile_search(search, trials: dict[str, tuple[str, dict[str, Any]]], say=
             say(f"resume: trial {tid} is already {record.state.name} in the Optuna study "
                 f"(#{record.number}, value {record.values}); Tune reruns it from its last "
                 "checkpoint and its re-announced result is not reported to Optuna again")
-    stale = set(limiter.live_trials) - rerun
+    stale = set(limiter.live_trials) - rerun if limiter is not None else set()
     if stale:
         say(f"resume: freed {len(stale)} searcher slot(s) held by trials that will not run "
             f"again ({', '.join(sorted(stale))})")
-    limiter.live_trials = set(rerun)
-    limiter.num_unfinished_live_trials = len(rerun)
+    if limiter is not None:
+        limiter.live_trials = set(rerun)
+        limiter.num_unfinished_live_trials = len(rerun)
     if search._counter != len(trials):
         say(f"resume: {len(trials)} trials in Tune's experiment state, the searcher counted "
             f"{search._counter}; continuing from {len(trials)} of {search.total_samples}")

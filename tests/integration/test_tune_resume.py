@@ -21,9 +21,9 @@ import yaml
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _space(tmp_path, *, scheduler=None):
+def _space(tmp_path, *, scheduler=None, epochs=1):
     raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
-    raw |= {"budget": {"epochs": 1}, "confirm": {"top_k": 0}, "num_samples": 2,
+    raw |= {"budget": {"epochs": epochs}, "confirm": {"top_k": 0}, "num_samples": 2,
             "max_concurrent": 1}
     if scheduler:
         raw["scheduler"] = scheduler
@@ -225,6 +225,29 @@ def test_reconcile_restored_searcher_with_the_trials_and_the_study(tmp_path, cap
     assert "Optuna trial #3 (Tune t4) was proposed after Tune's last experiment checkpoint" in (
         capsys.readouterr().out)
     assert study.trials[3].state == optuna.trial.TrialState.FAIL
+
+
+
+def test_halving_proposes_past_its_paused_trials_and_resumes_without_a_limiter(tmp_path, capsys):
+    """Successive halving pauses a trial at each rung: its search has no ConcurrencyLimiter (one
+    would hold the paused trial's slot and propose nothing more: the stall CI met at 438866d),
+    and a restored one reconciles without it."""
+    from adr_scale.search_space import load_space
+    from adr_scale.tune import _tuner_setup
+    from adr_scale.tune_resume import reconcile_search
+
+    space = load_space(_space(tmp_path, scheduler={"type": "halving", "grace_period": 1,
+                                                   "reduction_factor": 3}, epochs=3))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = _tuner_setup(space, url, 3, 1, state_dir=tmp_path)["tune_config"].search_alg
+    assert not hasattr(search.searcher, "live_trials")  # no ConcurrencyLimiter
+    configs = [search.searcher.suggest(f"t{k}") for k in range(3)]  # none finished yet
+    assert all(c is not None for c in configs) and len({str(c) for c in configs}) == 3
+    search._counter = 2  # Tune saved its trial list after two of the three
+    reconcile_search(search, {"t0": ("PAUSED", configs[0]), "t1": ("PAUSED", configs[1])})
+    out = capsys.readouterr().out
+    assert "Optuna trial #2 (Tune t2) was proposed after Tune's last experiment checkpoint" in out
+    assert search._counter == 2 and set(search.searcher._ot_trials) == {"t0", "t1"}
 
 
 PROBE = r'''

@@ -50,3 +50,18 @@ def test_segment_files_round_trip_through_a_tune_checkpoint(tmp_path):
     assert saved == {"history": [{"epoch": 1}],
                      "segments": {"segments": segments, "epoch": 1, "lineage": lineage}}
     assert json.loads((dst / runfiles.HISTORY_FILE).read_text()) == [{"epoch": 1}]
+
+
+def test_an_epoch_retrained_after_a_fallback_gets_a_fresh_name_that_sorts_after_the_torn_one(
+        tmp_path):
+    assert runfiles.checkpoint_dir_name(3) == "epoch-0003"
+    again = runfiles.checkpoint_dir_name(3, {"epoch-0003", "epoch-0004"})
+    assert again == "epoch-0003-r01"
+    assert runfiles.checkpoint_dir_name(3, {"epoch-0003", again}) == "epoch-0003-r02"
+    assert runfiles.checkpoint_dir_name(5, {"epoch-0003", again}) == "epoch-0005"
+    for name in ("epoch-0002", "epoch-0003", again, "epoch-0004"):
+        (tmp_path / "run" / name).mkdir(parents=True)
+    fs, dirs = runfiles.checkpoint_dirs(str(tmp_path), "run")
+    assert [d.rsplit("/", 1)[1] for d in dirs] == ["epoch-0002", "epoch-0003", again, "epoch-0004"]
+    older = runfiles.older_checkpoint_dirs(fs, dirs[2])  # a torn epoch-0003-r01 falls back
+    assert [d.rsplit("/", 1)[1] for d in older] == ["epoch-0003", "epoch-0002"]

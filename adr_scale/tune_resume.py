@@ -72,11 +72,11 @@ def reconcile_search(search, trials: dict[str, tuple[str, dict[str, Any]]], say=
             say(f"resume: trial {tid} is already {record.state.name} in the Optuna study "
                 f"(#{record.number}, value {record.values}); Tune reruns it from its last "
                 "checkpoint and its re-announced result is not reported to Optuna again")
-    stale = set(limiter.live_trials) - rerun if limiter is not None else set()
-    if stale:
-        say(f"resume: freed {len(stale)} searcher slot(s) held by trials that will not run "
-            f"again ({', '.join(sorted(stale))})")
     if limiter is not None:
+        stale = set(limiter.live_trials) - rerun
+        if stale:
+            say(f"resume: freed {len(stale)} searcher slot(s) held by trials that will not run "
+                f"again ({', '.join(sorted(stale))})")
         limiter.live_trials = set(rerun)
         limiter.num_unfinished_live_trials = len(rerun)
     if search._counter != len(trials):

@@ -337,13 +337,12 @@ def _run_ray(spec: GenerateSpec, out: Path, todo: list[int], bar: tqdm, gpus: fl
                     if isinstance(exc.cause, ConfigError):
                         raise ConfigError(str(exc.cause)) from None
                     raise
-    except KeyboardInterrupt:
-        # No ray.cancel here: in Ray 2.60 a cancel that meets a task's own reply can abort the
-        # driver ("Tried to complete task that was not pending", ray-project/ray#54798), and the
-        # process ends now anyway: ray.shutdown (or, on a cluster, the job's end) kills the tasks.
-        raise
-    except BaseException:
-        for ref in refs:  # an error from one task: stop the others before the error goes up
+    except Exception:
+        # An error: stop the other tasks before it goes up. Not on Ctrl-C (KeyboardInterrupt and
+        # GeneratorExit are no Exception): in Ray 2.60 a cancel that meets a task's own reply can
+        # abort the driver ("Tried to complete task that was not pending", ray-project/ray#54798),
+        # and the process ends anyway: ray.shutdown (or, on a cluster, the job's end) kills them.
+        for ref in refs:
             ray.cancel(ref, force=True)
         raise
 

@@ -132,17 +132,37 @@ class SuccessiveHalving(FIFOScheduler):
     def on_trial_remove(self, tune_controller, trial) -> None:
         self._ended(tune_controller, trial)
 
-    def choose_trial_to_run(self, tune_controller):
-        """New trials first (they fill the first rung), then paused winners."""
+    def _verdict(self, trial_id: str) -> str:
+        """"run" (new, or promoted at its last rung), "wait" (at an undecided rung) or "stop"."""
         st = self._records()
+        at = [m for m in self._milestones if trial_id in st["recorded"][str(m)]]
+        if not at:
+            return "run"
+        promoted = st["promoted"][str(at[-1])]
+        return "wait" if promoted is None else "run" if trial_id in promoted else "stop"
+
+    def choose_trial_to_run(self, tune_controller):
+        """New trials first (they fill the first rung), then paused winners.
+
+        A restored search gets every unfinished trial back as PENDING, and Tune starts an actor
+        for every PENDING trial whatever this returns; so a trial that waits at an undecided rung
+        is put back to PAUSED here (this runs before Tune stages any actor) and a loser of a
+        decided rung is stopped, rather than restarting a Train run only to pause or stop it."""
         trials = tune_controller.get_trials()
+        for trial in trials:
+            if trial.status == Trial.PENDING:
+                verdict = self._verdict(trial.trial_id)
+                if verdict == "wait":
+                    tune_controller._set_trial_status(trial, Trial.PAUSED)  # as BOHB does
+                elif verdict == "stop":
+                    tune_controller.stop_trial(trial)
         for trial in trials:
             if trial.status == Trial.PENDING:
                 return trial
         for trial in trials:
-            at = [m for m in self._milestones if trial.trial_id in st["recorded"][str(m)]]
-            if trial.status == Trial.PAUSED and at and trial.trial_id in (
-                    st["promoted"][str(at[-1])] or ()):
+            if trial.status == Trial.PAUSED and self._verdict(trial.trial_id) == "run" and any(
+                    trial.trial_id in self._records()["recorded"][str(m)]
+                    for m in self._milestones):
                 return trial
         return None
 

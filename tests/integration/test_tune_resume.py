@@ -118,39 +118,43 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
     them to storage in a background thread, so a kill can leave a trial list newer than the
     searcher, whose concurrency slot is still held by the finished trial 0. That torn state is made
     here on purpose (the searcher files from while trial 0 ran, the trial list from after it
-    ended), the machine is kept busy by two busy loops, and the resumed search must finish."""
+    ended), a busy loop keeps a core busy while the search resumes, and the resumed search must
+    finish."""
     out = tmp_path / "search"
     experiment = out / "ray" / "smoke"
     space = _space(tmp_path)  # the smoke space's ASHA, 2 trials of 1 epoch, one at a time
     cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(space), "--out", str(out)]
     env = os.environ | {"PYTHONUNBUFFERED": "1", "ADR_SCALE_WAIT_REPORT_S": "5"}
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    with open(tmp_path / "first.log", "w") as first_log:
+        first = subprocess.Popen(cmd, stdout=first_log, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True)
+    saved, deadline = tmp_path / "searcher-while-trial-0-ran", time.monotonic() + 420
+    while time.monotonic() < deadline and first.poll() is None:
+        statuses = _trial_statuses(experiment)
+        if not _complete_trials(out) and list(statuses.values()) == ["RUNNING"]:
+            shutil.rmtree(saved, ignore_errors=True)
+            saved.mkdir()
+            for pattern in SEARCHER_FILES:
+                for f in experiment.glob(pattern):
+                    shutil.copy(f, saved / f.name)
+        elif "TERMINATED" in statuses.values():
+            break  # Tune has recorded trial 0's end
+        time.sleep(0.2)
+    _kill_group(first)
+    finished_before = {t.number: (t.params, t.values) for t in _complete_trials(out)}
+    assert finished_before and "TERMINATED" in _trial_statuses(experiment).values(), \
+        "trial 0 did not finish before the kill: " + _first_log(out)
+    assert len(list(saved.glob("*"))) == 2, "no searcher state was seen while trial 0 ran"
+    for pattern in SEARCHER_FILES:  # the torn checkpoint: an older searcher state
+        for f in experiment.glob(pattern):
+            f.unlink()
+    for f in saved.iterdir():
+        shutil.copy(f, experiment / f.name)
+    # The torn state is made by hand, so only the resumed search needs the loaded machine: one
+    # busy loop, a core of the two. With two, the resume took 482 s for one 1-epoch trial (the
+    # Ray processes got ~2 % CPU each), a test of the scheduler's patience, not of the search.
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(1)]
     try:
-        with open(tmp_path / "first.log", "w") as first_log:
-            first = subprocess.Popen(cmd, stdout=first_log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        saved, deadline = tmp_path / "searcher-while-trial-0-ran", time.monotonic() + 420
-        while time.monotonic() < deadline and first.poll() is None:
-            statuses = _trial_statuses(experiment)
-            if not _complete_trials(out) and list(statuses.values()) == ["RUNNING"]:
-                shutil.rmtree(saved, ignore_errors=True)
-                saved.mkdir()
-                for pattern in SEARCHER_FILES:
-                    for f in experiment.glob(pattern):
-                        shutil.copy(f, saved / f.name)
-            elif "TERMINATED" in statuses.values():
-                break  # Tune has recorded trial 0's end
-            time.sleep(0.2)
-        _kill_group(first)
-        finished_before = {t.number: (t.params, t.values) for t in _complete_trials(out)}
-        assert finished_before and "TERMINATED" in _trial_statuses(experiment).values(), \
-            "trial 0 did not finish before the kill: " + _first_log(out)
-        assert len(list(saved.glob("*"))) == 2, "no searcher state was seen while trial 0 ran"
-        for pattern in SEARCHER_FILES:  # the torn checkpoint: an older searcher state
-            for f in experiment.glob(pattern):
-                f.unlink()
-        for f in saved.iterdir():
-            shutil.copy(f, experiment / f.name)
         start = time.monotonic()
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         took = time.monotonic() - start
@@ -161,7 +165,7 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
     assert "resume: freed 1 searcher slot(s) held by trials that will not run again" in log or (
         "resume: trial" in log and "is Optuna trial #1" in log), log[-3000:]
     assert "search waiting (" in log  # the resumed search says what it waits for
-    print(f"resumed search with two busy loops beside it: {took:.0f} s")
+    print(f"resumed search with a busy loop beside it: {took:.0f} s")
     print("\n".join(line for line in log.splitlines() if line.startswith(("resume:", "search wa"))))
 
 

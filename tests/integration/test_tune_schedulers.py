@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from adr_scale.config import load_yaml
+from adr_scale.runfiles import latest_history
 from adr_scale.schedules import adr_schedule
 from adr_scale.train import main as train_main
 
@@ -121,16 +122,11 @@ def _rungs(out: Path) -> dict:
 
 
 @pytest.mark.timeout(1500)
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug (issue 11): the resumed search can deadlock when the kill landed while the third "
-    "trial's Train run was up: its restarted worker group waits for a CPU that is never freed "
-    "(WorkerGroupStartupTimeoutError retried; seen on a fresh clone at 815a7d8, passed in 134 s "
-    "in the checkout)"))
 def test_halving_rung_records_survive_a_killed_driver(tmp_path):
     """Three trials, the first rung at epoch 1 keeping one: the driver is killed (with its local Ray)
     while the third trial trains and the first two wait at the rung; after the resume the third
-    is ranked against the two records made before the kill, and only the best of all three
-    trains on."""
+    is ranked against the two records made before the kill, only the best of all three trains on,
+    and the two that waited at the rung are not restarted by the resume to wait again."""
     out = tmp_path / "search"
     cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(_halving_space(tmp_path)),
            "--out", str(out)]
@@ -144,6 +140,8 @@ def test_halving_rung_records_survive_a_killed_driver(tmp_path):
     first.wait()
     before = _rungs(out)["recorded"]["1"]
     assert len(before) == 2 and _rungs(out)["promoted"]["1"] is None, _rungs(out)
+    storage = str(out / "ray")
+    trained = {t: len(latest_history(storage, f"smoke-sh-{t}")) for t in before}
     second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     try:
@@ -151,7 +149,10 @@ def test_halving_rung_records_survive_a_killed_driver(tmp_path):
     except subprocess.TimeoutExpired:
         os.killpg(second.pid, signal.SIGKILL)  # with the local Ray it started
         second.wait()
-        pytest.fail(f"the resumed search did not end in 420 s; rungs {_rungs(out)}")
+        # Seen once, on a fresh clone at 815a7d8 (issue 11), before the resume stopped restarting
+        # the trials that wait at a rung: the resumed third trial's Train worker group waited
+        # for a CPU never freed. Not reproduced since; this one symptom is an xfail, not a pass.
+        pytest.xfail(f"known resume deadlock (issue 11): no end in 420 s; rungs {_rungs(out)}")
     assert second.returncode == 0, stderr[-3000:]
     assert "resuming the search" in stdout + stderr
     rungs = _rungs(out)
@@ -164,3 +165,7 @@ def test_halving_rung_records_survive_a_killed_driver(tmp_path):
         epochs[r["trial_id"]] = max(epochs.get(r["trial_id"], 0), r["epoch"])
     assert set(epochs) == set(after) and epochs[best] == 6
     assert all(e < 6 for t, e in epochs.items() if t != best), epochs  # stopped at the rung
+    # a trial that waited at the rung when the driver died is not restarted by the resume (Tune
+    # requeues it as PENDING): a loser trained no further epoch
+    assert {t: len(latest_history(storage, f"smoke-sh-{t}")) for t in before if t != best} == {
+        t: n for t, n in trained.items() if t != best}

@@ -7,7 +7,6 @@ a rerun of the same command finds the latest checkpoint and continues from it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from adr_scale.config import ConfigError, RunConfig, dump_yaml, to_dict
+from adr_scale.runguard import is_no_space, no_space
 
 # Settings that change how a run is executed, not what it computes: a resume may change them.
 OPERATIONAL_KEYS = {("train", "device"), ("train", "log_every"), ("train", "keep_checkpoints")}
@@ -31,13 +31,11 @@ def _no_space_is_one_line(tmp: Path, flag: str = "--out"):
         yield
     except (OSError, RuntimeError) as exc:
         # torch.save's zip writer reports the file's OSError as RuntimeError("unexpected pos")
-        cause = exc if isinstance(exc, OSError) else exc.__context__
-        if not isinstance(cause, OSError) or cause.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_no_space(exc if isinstance(exc, OSError) else exc.__context__):
             raise
         tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{flag}: no space left on {str(tmp.parent)!r} (writing "
-                          f"{tmp.name.removeprefix('.').removesuffix('.tmp')}); free some space "
-                          "and rerun the same command to resume") from None
+        raise no_space(flag, tmp.parent, tmp.name.removeprefix(".").removesuffix(".tmp"),
+                       resume=True) from None
 
 
 def atomic_write_text(path: Path, text: str, flag: str = "--out") -> None:

@@ -81,25 +81,34 @@ def stored_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str
     return None
 
 
-def latest_history(storage: str, run_name: str) -> list[dict[str, Any]]:
-    """The epoch rows in the latest checkpoint of run `run_name` ([] if none)."""
+def _latest(storage: str, run_name: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(path of run `run_name`'s latest checkpoint, its epoch rows); (None, []) if none."""
     fs, dirs = checkpoint_dirs(storage, run_name)
     if not dirs:
-        return []
+        return None, []
     try:
-        return read_json(fs, f"{dirs[-1]}/{HISTORY_FILE}")
+        return dirs[-1], read_json(fs, f"{dirs[-1]}/{HISTORY_FILE}")
     except (FileNotFoundError, OSError):
-        return []
+        return dirs[-1], []
+
+
+def latest_history(storage: str, run_name: str) -> list[dict[str, Any]]:
+    """The epoch rows in the latest checkpoint of run `run_name` ([] if none)."""
+    return _latest(storage, run_name)[1]
 
 
 def finished_run_row(storage: str, run_name: str, epochs: int) -> dict[str, Any] | None:
     """The last epoch row of run `run_name` if its latest checkpoint already holds all `epochs`
     epochs (with `checkpoint_path`, as TuneReportCallback reports it), else None."""
-    fs, dirs = checkpoint_dirs(storage, run_name)
-    rows = latest_history(storage, run_name)
+    path, rows = _latest(storage, run_name)
     if not rows or rows[-1].get("epoch", 0) < epochs:
         return None
-    return rows[-1] | {"checkpoint_path": dirs[-1]}
+    return rows[-1] | {"checkpoint_path": path}
+
+
+def dir_name(path: str) -> str:
+    """The last component of a checkpoint directory's path (local or a URI's)."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def write_checkpoint_files(directory: Path, ckpt: dict[str, Any],

@@ -16,6 +16,16 @@ from adr_scale.config import ConfigError
 LOCK_FILE = ".lock"
 
 
+def no_space(flag: str, directory: str | Path, name: str, *, resume: bool) -> ConfigError:
+    """The one line for a full disk or quota while writing `name` in `directory`."""
+    return ConfigError(f"{flag}: no space left on {str(directory)!r} (writing {name}); free some "
+                       "space and rerun the same command" + (" to resume" if resume else ""))
+
+
+def is_no_space(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss or weights became non-finite; the message is one line for the user."""
 
@@ -79,10 +89,8 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
                 if self.created:
                     self.directory.rmdir()
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise ConfigError(f"{self.flag}: no space left on {str(self.directory)!r} "
-                                      f"(writing {LOCK_FILE}); free some space and rerun the "
-                                      "same command") from None
+                if is_no_space(exc):
+                    raise no_space(self.flag, self.directory, LOCK_FILE, resume=False) from None
                 raise ConfigError(f"{self.flag}: cannot write to {str(self.directory)!r} "
                                   f"({exc.strerror or exc}); allowed: a writable directory") from None
             self.held = True

@@ -204,7 +204,7 @@ def newest_readable(checkpoint) -> tuple[str, dict[str, Any], frozenset[str]]:
     import ray.train
 
     from adr_scale.checkpoint import load_checkpoint
-    from adr_scale.runfiles import older_checkpoint_dirs
+    from adr_scale.runfiles import dir_name, older_checkpoint_dirs
 
     fs = checkpoint.filesystem
     candidates = [checkpoint.path, *older_checkpoint_dirs(fs, checkpoint.path)]
@@ -213,7 +213,7 @@ def newest_readable(checkpoint) -> tuple[str, dict[str, Any], frozenset[str]]:
         try:
             with ray.train.Checkpoint(path, filesystem=fs).as_directory() as directory:
                 state = load_checkpoint(Path(directory) / STATE_FILE)
-            return path, state, frozenset(p.rstrip("/").rsplit("/", 1)[-1] for p in candidates[:k])
+            return path, state, frozenset(dir_name(p) for p in candidates[:k])
         except Exception as exc:  # torch.load raises RuntimeError, EOFError, OSError, pickle errors
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
             if rank0:

@@ -54,6 +54,22 @@ def consumed_epochs(out: Path) -> tuple[int, dict[str, int]]:
     return sum(per_trial.values()), per_trial
 
 
+def trial_outcomes(out: Path, names: list[str]) -> list[dict]:
+    """Per trial: its searched values, the epochs it trained and its last validation robust
+    accuracy, best first (the key `point` matches a trial across the two searches)."""
+    last: dict[str, dict] = {}
+    for r in pq.read_table(out / "results.parquet").to_pylist():
+        if r["epoch"] and r["epoch"] >= last.get(r["trial_id"], {}).get("epoch", 0):
+            last[r["trial_id"]] = r
+    rows = [{"point": point_key({n: r[n] for n in names}), "epochs": r["epoch"],
+             "val_robust_acc": r["val_robust_acc"]} for r in last.values()]
+    return sorted(rows, key=lambda r: -r["val_robust_acc"])
+
+
+def point_key(fields: dict) -> str:
+    return json.dumps({k: round(float(v), 10) for k, v in sorted(fields.items())})
+
+
 def benchmark_space(args: argparse.Namespace):
     space = load_space(args.space)
     params, warm = space.params, dict(space.warm_start)
@@ -79,6 +95,7 @@ def main() -> None:
                               max_concurrent=args.max_concurrent)["best"]
             epochs, per_trial = consumed_epochs(out)
             results[label] = {"epochs": epochs, "trials": len(per_trial),
+                              "outcomes": trial_outcomes(out, [p.name for p in space.params]),
                               "wall_s": round(time.monotonic() - start, 1),
                               "epochs_per_trial": sorted(per_trial.values()),
                               "best_trial_fields": best["fields"],
@@ -91,9 +108,18 @@ def main() -> None:
     sched = args.scheduler
     ratio = results[sched]["epochs"] / results["full"]["epochs"]
     same = results[sched]["best_trial_fields"] == results["full"]["best_trial_fields"]
+    full = results["full"]["outcomes"]
+    pick = point_key(results[sched]["best_trial_fields"])
+    pick_rank = next(i for i, r in enumerate(full, 1) if r["point"] == pick)
+    full_best_epochs = next(r["epochs"] for r in results[sched]["outcomes"]
+                            if r["point"] == full[0]["point"])
+    print(f"{sched}'s pick is #{pick_rank} of {len(full)} at full length "
+          f"({full[pick_rank - 1]['val_robust_acc']:.4f} vs the best {full[0]['val_robust_acc']:.4f}); "
+          f"{sched} stopped the full search's best after {full_best_epochs} epochs")
     print(f"ratio {sched} / full: {ratio:.3f} (goal <= 0.25); same best trial: {same}")
     if args.json:
-        write_record(args, results, ratio=ratio, same_best=same)
+        write_record(args, results, ratio=ratio, same_best=same, pick_rank_at_full_length=pick_rank,
+                     full_best_epochs_under_scheduler=full_best_epochs)
 
 
 def write_record(args: argparse.Namespace, results: dict, **outcome) -> None:

@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optuna-storage", help="Optuna RDB URL (default: sqlite:///OUT/optuna.db;"
                         " PostgreSQL on a cluster); readable by optuna-dashboard")
     parser.add_argument("--max-failures", type=int, default=1,
-                        help="worker-group restarts per trial (and PBT segment) from its latest "
-                        "checkpoint before the trial errors")
+                        help="restarts of a failed trial (or confirmation run) before it errors; "
+                        "a restart relaunches its Ray Train run, which resumes from its latest "
+                        "checkpoint")
     parser.add_argument("--resume", action="store_true",
                         help="continue a killed search (the same command without it does too)")
     return parser
@@ -65,9 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 # One trial (runs in a Tune trial actor)
 
+# A Train run inside a Tune trial never restarts its own worker group: when Tune stops or pauses
+# the trial, its actor exits and takes the Train controller down, whose workers die first; a
+# controller that may retry then starts a new worker group, and the placement group it creates
+# as it dies is never removed (seen: a resumed halving search whose next trial waited for that
+# CPU for ever). Restarts are Tune's (`--max-failures`: tune.FailureConfig), which relaunch the
+# trial and so its Train run, resuming from the run's latest checkpoint.
+IN_TRIAL_RESTARTS = 0
+
 
 def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
-              cpus: float, storage: str, max_failures: int = 1) -> None:
+              cpus: float, storage: str) -> None:
     """Train the trial's config on Ray Train; TuneReportCallback forwards every epoch to Tune."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -81,12 +90,12 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
         ray.tune.report(finished)  # whose placement group a stop could leak, to say it again
         return
     make_trainer({"config": to_dict(cfg)}, name=f"{space.name}-{trial_id}", storage=storage,
-                 workers=workers, gpus=gpus, cpus=cpus, max_failures=max_failures,
+                 workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,
                  callbacks=[TuneReportCallback()]).fit()
 
 
 def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
-                  cpus: float, storage: str, max_failures: int = 1) -> None:
+                  cpus: float, storage: str) -> None:
     """A PBT trial: train `perturbation_interval` epochs at a time, each segment a Ray Train run
     that starts from the previous segment's checkpoint (after an exploit: another trial's, which
     Tune hands over as this trial's Tune checkpoint), and report a Tune checkpoint after each.
@@ -110,7 +119,7 @@ def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, g
     while done < space.epochs:
         until = min(done + space.perturbation_interval, space.epochs)
         start, lineage = _train_segment(space, cfg, segments, lineage, start, done, until,
-                                        workers, gpus, cpus, storage, max_failures)
+                                        workers, gpus, cpus, storage)
         done = until
 
 
@@ -125,7 +134,7 @@ def _segment_run_name(space: SearchSpace, trial_id: str, done: int, lineage, cfg
 
 
 def _train_segment(space, cfg, segments, lineage, start, done: int, until: int, workers: int,
-                   gpus: float, cpus: float, storage: str, max_failures: int):
+                   gpus: float, cpus: float, storage: str):
     """Train epochs done+1..until from `start`; report them to Tune with a checkpoint; return
     (the Train checkpoint, the lineage of its state)."""
     import dataclasses
@@ -144,7 +153,7 @@ def _train_segment(space, cfg, segments, lineage, start, done: int, until: int, 
     result = make_trainer(
         {"config": to_dict(cfg), "init_checkpoint": start, "until_epoch": until},
         name=name, storage=storage, workers=workers,
-        gpus=gpus, cpus=cpus, max_failures=max_failures).fit()
+        gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS).fit()
     lineage = [*lineage, {"trial": trial_id, "from": done, "until": until, "run": name}]
     with result.checkpoint.as_directory() as src, tempfile.TemporaryDirectory() as dst:
         write_segment_files(Path(src), Path(dst), segments, until, lineage)
@@ -320,8 +329,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
                             resources={SEARCH_SLOT: max_concurrent})
     trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial
     trainable = _bounded(space, tune.with_parameters(
-        trial_fn, space=space, workers=workers, gpus=gpus, cpus=cpus, storage=storage,
-        max_failures=max_failures))
+        trial_fn, space=space, workers=workers, gpus=gpus, cpus=cpus, storage=storage))
     if restoring:
         print(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
@@ -332,6 +340,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
 
         tuner = tune.Tuner(trainable, **setup, run_config=tune.RunConfig(
             name=space.name, storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
             callbacks=[WaitReport(getattr(setup["tune_config"], "search_alg", None))]))
     grid = tuner.fit()
     from adr_scale.search_report import write_search_outputs
@@ -347,7 +356,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
 
 def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
                       candidates: dict[str, dict[str, Any]], workers: int, gpus: float,
-                      cpus: float, storage: str, max_failures: int = 1) -> None:
+                      cpus: float, storage: str) -> None:
     """One full-length run of the confirmation stage: candidate config["candidate"], seed
     config["seed"], on Ray Train; TuneReportCallback forwards its epochs to Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -359,7 +368,7 @@ def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
     name, seed = config["candidate"], config["seed"]
     cfg = apply_overrides(space.long_run_config(candidates[name]), [f"seed={seed}"])
     make_trainer({"config": to_dict(cfg)}, name=run_name(space, name, seed), storage=storage,
-                 workers=workers, gpus=gpus, cpus=cpus, max_failures=max_failures,
+                 workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,
                  callbacks=[TuneReportCallback()]).fit()
 
 
@@ -388,7 +397,7 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
     seeds = space.confirm_seed_list(base_seed)
     trainable = tune.with_parameters(
         run_confirm_trial, space=space, candidates={c.name: c.params for c in candidates},
-        workers=workers, gpus=gpus, cpus=cpus, storage=storage, max_failures=max_failures)
+        workers=workers, gpus=gpus, cpus=cpus, storage=storage)
     experiment = f"{storage.rstrip('/')}/{space.name}-confirm"
     start = time.monotonic()
     print(f"confirming {len(candidates)} schedules ({', '.join(c.name for c in candidates)}) at "
@@ -403,7 +412,8 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
             param_space={"candidate": tune.grid_search([c.name for c in candidates]),
                          "seed": tune.grid_search(seeds)},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
-            run_config=tune.RunConfig(name=f"{space.name}-confirm", storage_path=storage))
+            run_config=tune.RunConfig(name=f"{space.name}-confirm", storage_path=storage,
+                                      failure_config=tune.FailureConfig(max_failures=max_failures)))
     tuner.fit()
     runs = {(c.name, s): latest_history(storage, run_name(space, c.name, s))
             for c in candidates for s in seeds}

@@ -95,7 +95,7 @@ def main() -> None:
                               max_concurrent=args.max_concurrent)["best"]
             epochs, per_trial = consumed_epochs(out)
             results[label] = {"epochs": epochs, "trials": len(per_trial),
-                              "outcomes": trial_outcomes(out, [p.name for p in space.params]),
+                              "outcomes": trial_outcomes(out, [p.field for p in space.params]),
                               "wall_s": round(time.monotonic() - start, 1),
                               "epochs_per_trial": sorted(per_trial.values()),
                               "best_trial_fields": best["fields"],

@@ -133,11 +133,12 @@ class SuccessiveHalving(FIFOScheduler):
         self._ended(tune_controller, trial)
 
     def _verdict(self, trial_id: str) -> str:
-        """"run" (new, or promoted at its last rung), "wait" (at an undecided rung) or "stop"."""
+        """"new" (at no rung yet), "run" (promoted at its last rung), "wait" (at an undecided
+        rung) or "stop" (a loser)."""
         st = self._records()
         at = [m for m in self._milestones if trial_id in st["recorded"][str(m)]]
         if not at:
-            return "run"
+            return "new"
         promoted = st["promoted"][str(at[-1])]
         return "wait" if promoted is None else "run" if trial_id in promoted else "stop"
 
@@ -160,9 +161,7 @@ class SuccessiveHalving(FIFOScheduler):
             if trial.status == Trial.PENDING:
                 return trial
         for trial in trials:
-            if trial.status == Trial.PAUSED and self._verdict(trial.trial_id) == "run" and any(
-                    trial.trial_id in self._records()["recorded"][str(m)]
-                    for m in self._milestones):
+            if trial.status == Trial.PAUSED and self._verdict(trial.trial_id) == "run":
                 return trial
         return None
 

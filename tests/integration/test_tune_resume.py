@@ -153,14 +153,13 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
     # The torn state is made by hand, so only the resumed search needs the loaded machine: one
     # busy loop, a core of the two. With two, the resume took 482 s for one 1-epoch trial (the
     # Ray processes got ~2 % CPU each), a test of the scheduler's patience, not of the search.
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(1)]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         start = time.monotonic()
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         took = time.monotonic() - start
     finally:
-        for p in busy:
-            p.kill()
+        busy.kill()
     log = _check_resumed(done, out, finished_before)
     assert "resume: freed 1 searcher slot(s) held by trials that will not run again" in log or (
         "resume: trial" in log and "is Optuna trial #1" in log), log[-3000:]

@@ -81,7 +81,7 @@ def stored_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str
     return None
 
 
-def _latest(storage: str, run_name: str) -> tuple[str | None, list[dict[str, Any]]]:
+def latest_run(storage: str, run_name: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(path of run `run_name`'s latest checkpoint, its epoch rows); (None, []) if none."""
     fs, dirs = checkpoint_dirs(storage, run_name)
     if not dirs:
@@ -94,16 +94,7 @@ def _latest(storage: str, run_name: str) -> tuple[str | None, list[dict[str, Any
 
 def latest_history(storage: str, run_name: str) -> list[dict[str, Any]]:
     """The epoch rows in the latest checkpoint of run `run_name` ([] if none)."""
-    return _latest(storage, run_name)[1]
-
-
-def finished_run_row(storage: str, run_name: str, epochs: int) -> dict[str, Any] | None:
-    """The last epoch row of run `run_name` if its latest checkpoint already holds all `epochs`
-    epochs (with `checkpoint_path`, as TuneReportCallback reports it), else None."""
-    path, rows = _latest(storage, run_name)
-    if not rows or rows[-1].get("epoch", 0) < epochs:
-        return None
-    return rows[-1] | {"checkpoint_path": path}
+    return latest_run(storage, run_name)[1]
 
 
 def dir_name(path: str) -> str:

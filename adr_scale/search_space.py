@@ -77,6 +77,7 @@ class SearchSpace:
     reduction_factor: int = 2  # ASHA / halving: keep the top 1/rf at each rung
     perturbation_interval: int = 2  # PBT: epochs between exploit / explore
     quantile_fraction: float = 0.25  # PBT: the bottom fraction copies the top fraction
+    synch: bool = False  # PBT: rank the population only when every trial has reached the epoch
     epochs: int = 10  # per-trial budget at search fidelity (train.epochs during the search)
     num_samples: int = 8
     max_concurrent: int = 2
@@ -338,7 +339,7 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
                       + ", ".join(SCHEDULERS))
     allowed = {"asha": {"type", "grace_period", "reduction_factor"},
                "halving": {"type", "grace_period", "reduction_factor"},
-               "pbt": {"type", "perturbation_interval", "quantile_fraction"},
+               "pbt": {"type", "perturbation_interval", "quantile_fraction", "synch"},
                "none": {"type"}}[scheduler["type"]]
     extra = set(scheduler) - allowed
     if extra:
@@ -377,6 +378,7 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
                                             scheduler.get("perturbation_interval", 2)),
         quantile_fraction=_fraction(source, "scheduler.quantile_fraction",
                                     scheduler.get("quantile_fraction", 0.25)),
+        synch=_boolean(source, "scheduler.synch", scheduler.get("synch", False)),
         epochs=_positive_int(source, "budget.epochs", budget.get("epochs", 10)),
         num_samples=_positive_int(source, "num_samples", raw.get("num_samples", 8)),
         max_concurrent=_positive_int(source, "max_concurrent", raw.get("max_concurrent", 2)),

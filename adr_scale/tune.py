@@ -31,9 +31,16 @@ from typing import Any
 
 from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, to_dict
-from adr_scale.runfiles import finished_run_row, read_lineage, read_segments, write_segment_files
+from adr_scale.runfiles import latest_run, read_lineage, read_segments, write_segment_files
 from adr_scale.runguard import RunLock
-from adr_scale.search_space import CLEAN_METRIC, METRIC, DefineByRun, SearchSpace, load_space
+from adr_scale.search_space import (
+    CLEAN_METRIC,
+    METRIC,
+    DefineByRun,
+    SearchSpace,
+    load_space,
+    rung_milestones,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,21 +84,49 @@ IN_TRIAL_RESTARTS = 0
 
 def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
               cpus: float, storage: str) -> None:
-    """Train the trial's config on Ray Train; TuneReportCallback forwards every epoch to Tune."""
+    """Train the trial's config on Ray Train, one Train run (of the same name, so each resumes
+    from the last one's checkpoint) per stretch up to a stop: the budget, and under successive
+    halving each rung as well. TuneReportCallback forwards the epochs before a stop as they
+    come; the stop's own epoch is reported by this function once its Train run has ended. So
+    Tune decides at a rung (pause, stop, go on) with no Train run up: a paused trial trains
+    not one epoch past its rung, and a stopped one leaves no Train run to tear down."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from adr_scale.train import make_trainer
 
     cfg = space.trial_config({p.name: params[p.name] for p in space.params})
-    trial_id = ray.tune.get_context().get_trial_id()
-    finished = finished_run_row(storage, f"{space.name}-{trial_id}", space.epochs)
-    if finished is not None:  # rerun by a resumed search after its last epoch: no Train run,
-        ray.tune.report(finished)  # whose placement group a stop could leak, to say it again
-        return
-    make_trainer({"config": to_dict(cfg)}, name=f"{space.name}-{trial_id}", storage=storage,
-                 workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,
-                 callbacks=[TuneReportCallback()]).fit()
+    name = f"{space.name}-{ray.tune.get_context().get_trial_id()}"
+    path, rows = latest_run(storage, name)
+    done = rows[-1]["epoch"] if rows else 0
+    stops = trial_stops(space)
+    if done in stops:  # relaunched (a resume, an unpaused trial) at a stop: say it again
+        ray.tune.report(rows[-1] | {"checkpoint_path": path})
+    for until in (s for s in stops if s > done):
+        make_trainer({"config": to_dict(cfg), "until_epoch": until}, name=name, storage=storage,
+                     workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,
+                     callbacks=[_forward_before(until)]).fit()
+        path, rows = latest_run(storage, name)
+        ray.tune.report(rows[-1] | {"checkpoint_path": path})  # returns if Tune says go on
+
+
+def trial_stops(space: SearchSpace) -> list[int]:
+    """The epochs at which a search trial's Train run ends: its rungs (successive halving), then
+    the budget."""
+    rungs = (rung_milestones(space.epochs, space.grace_period, space.reduction_factor)
+             if space.scheduler == "halving" else [])
+    return [*rungs, space.epochs]
+
+
+def _forward_before(until: int):
+    """A TuneReportCallback that forwards the epochs before `until` only."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ForwardBefore(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metrics[0].get("epoch", until) < until:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return ForwardBefore()
 
 
 def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
@@ -217,7 +252,7 @@ def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None 
         return PopulationBasedTraining(
             time_attr="epoch", metric=METRIC, mode="max",
             perturbation_interval=space.perturbation_interval,
-            quantile_fraction=space.quantile_fraction,
+            quantile_fraction=space.quantile_fraction, synch=space.synch,
             hyperparam_mutations={p.name: _pbt_domain(p) for p in space.params})
     if space.scheduler == "asha":
         return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=space.epochs,

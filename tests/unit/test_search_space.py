@@ -104,6 +104,8 @@ def test_real_optuna_samples_keep_the_ordering():
      r"scheduler.reduction_factor: invalid value 1; allowed: an integer >= 2"),
     ({"scheduler": {"type": "halving", "grace_period": 4}},
      r"scheduler.grace_period: 4 leaves no rung below budget.epochs=4"),
+    ({"scheduler": {"type": "pbt", "synch": "yes"}},
+     r"scheduler.synch: invalid value 'yes'; allowed: true, false"),
     ({"scheduler": {"type": "halving", "brackets": 3}},
      r"scheduler.brackets: not a setting of the halving scheduler; allowed: grace_period, "
      r"reduction_factor, type"),
@@ -135,6 +137,15 @@ def test_tune_cli_refuses_a_bad_space_before_starting_ray(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "sampler.type: unknown sampler" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_pbt_ranks_asynchronously_unless_synch_is_set():
+    from adr_scale.tune import _scheduler
+
+    assert parse_space(_with(scheduler={"type": "pbt"})).synch is False  # Tune's default
+    space = parse_space(_with(scheduler={"type": "pbt", "synch": True, "quantile_fraction": 0.5}))
+    pbt = _scheduler(space)
+    assert (space.synch, pbt._synch, pbt._quantile_fraction) == (True, True, 0.5)
 
 
 def test_successive_halving_parses_and_costs_what_its_rungs_say():

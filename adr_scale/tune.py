@@ -246,7 +246,7 @@ def _first_points(space: SearchSpace) -> list[dict[str, Any]] | None:
 
 
 def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None = None):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining
 
     if space.scheduler == "pbt":
         return PopulationBasedTraining(
@@ -254,15 +254,16 @@ def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None 
             perturbation_interval=space.perturbation_interval,
             quantile_fraction=space.quantile_fraction, synch=space.synch,
             hyperparam_mutations={p.name: _pbt_domain(p) for p in space.params})
+    if space.scheduler in ("asha", "halving"):
+        from adr_scale.tune_rungs import ASHA_STATE, HALVING_STATE, ResumableASHA, SuccessiveHalving
+
+        path = Path(state_dir or ".") / (ASHA_STATE if space.scheduler == "asha" else HALVING_STATE)
+        path.unlink(missing_ok=True)  # a new search: rung records of an old one do not apply
     if space.scheduler == "asha":
-        return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=space.epochs,
-                             grace_period=space.grace_period,
+        return ResumableASHA(state_path=str(path), time_attr="epoch", metric=METRIC, mode="max",
+                             max_t=space.epochs, grace_period=space.grace_period,
                              reduction_factor=space.reduction_factor)
     if space.scheduler == "halving":
-        from adr_scale.tune_halving import HALVING_STATE, SuccessiveHalving
-
-        path = Path(state_dir or ".") / HALVING_STATE
-        path.unlink(missing_ok=True)  # a new search: rung records of an old one do not apply
         return SuccessiveHalving(
             metric=METRIC, max_t=space.epochs, bracket=num_samples,
             grace_period=space.grace_period, reduction_factor=space.reduction_factor,

@@ -253,6 +253,50 @@ def test_halving_proposes_past_its_paused_trials_and_resumes_without_a_limiter(t
     assert search._counter == 2 and set(search.searcher._ot_trials) == {"t0", "t1"}
 
 
+def test_asha_ranks_a_resumed_search_against_the_rungs_recorded_before_the_kill(tmp_path):
+    """Tune restores the scheduler as it was pickled when the search began (empty rungs): the
+    rungs in OUT/asha_rungs.json are read back, so a trial that trails a rung recorded before the
+    kill is still stopped there, and a restored trial keeps its bracket. Real Ray Tune objects, no
+    cluster: the scheduler's decisions are the thing under test."""
+    import pickle
+
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from adr_scale.search_space import METRIC, load_space
+    from adr_scale.tune import _scheduler
+    from adr_scale.tune_rungs import ASHA_STATE
+
+    space = load_space(_space(tmp_path, scheduler={"type": "asha", "grace_period": 1,
+                                                   "reduction_factor": 2}, epochs=4))
+    fresh = _scheduler(space, state_dir=tmp_path)
+    pickled = pickle.dumps(fresh)  # what Tuner.restore gets back: the scheduler at the start
+    t0, t1, t2 = (Trial("run_trial", trial_id=f"t{k}", stub=True) for k in range(3))
+    fresh.on_trial_add(None, t0)
+    assert fresh.on_trial_result(None, t0, {"epoch": 1, METRIC: 0.6}) == TrialScheduler.CONTINUE
+    fresh.on_trial_add(None, t1)
+    assert fresh.on_trial_result(None, t1, {"epoch": 1, METRIC: 0.7}) == TrialScheduler.CONTINUE
+    saved = json.loads((tmp_path / ASHA_STATE).read_text())
+    assert saved["trials"] == {"t0": 0, "t1": 0}
+    assert [m for m, _ in saved["brackets"][0]] == [4, 2, 1]  # Ray's milestones, max_t first
+    assert saved["brackets"][0][2][1] == {"t0": 0.6, "t1": 0.7}
+    # the driver dies; the resumed search unpickles the scheduler of the start
+    restored = pickle.loads(pickled)
+    assert all(not recorded for _, recorded in restored._brackets[0]._rungs)
+    restored.on_trial_add(None, t1)
+    restored.on_trial_add(None, t2)
+    assert restored.on_trial_result(None, t2, {"epoch": 1, METRIC: 0.5}) == TrialScheduler.STOP
+    assert restored.on_trial_result(None, t1, {"epoch": 2, METRIC: 0.8}) == TrialScheduler.CONTINUE
+    again = json.loads((tmp_path / ASHA_STATE).read_text())
+    assert again["brackets"][0][2][1] == {"t0": 0.6, "t1": 0.7, "t2": 0.5}
+    assert again["brackets"][0][1][1] == {"t1": 0.8}
+    # without the file, the restored ASHA would have had no record to cut t2 against
+    (tmp_path / ASHA_STATE).unlink()
+    blank = pickle.loads(pickled)
+    blank.on_trial_add(None, t2)
+    assert blank.on_trial_result(None, t2, {"epoch": 1, METRIC: 0.5}) == TrialScheduler.CONTINUE
+
+
 PROBE = r'''
 import ray
 from adr_scale.train import start_local_ray

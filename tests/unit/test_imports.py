@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("adr_scale", "data_pipeline")
-RAY_ALLOWED = ("adr_scale.train", "adr_scale.tune", "adr_scale.tune_halving",
+RAY_ALLOWED = ("adr_scale.train", "adr_scale.tune", "adr_scale.tune_rungs",
                "adr_scale.tune_resume", "data_pipeline")
 
 

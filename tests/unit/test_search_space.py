@@ -148,6 +148,17 @@ def test_pbt_ranks_asynchronously_unless_synch_is_set():
     assert (space.synch, pbt._synch, pbt._quantile_fraction) == (True, True, 0.5)
 
 
+def test_a_trials_train_run_stops_at_the_rungs_under_halving_only():
+    from adr_scale.tune import trial_stops
+
+    halving = {"type": "halving", "grace_period": 1, "reduction_factor": 4}
+    assert trial_stops(parse_space(_with(scheduler=halving, budget={"epochs": 16}))) == [1, 4, 16]
+    assert trial_stops(parse_space(_with(scheduler=halving | {"grace_period": 2},
+                                         budget={"epochs": 9}))) == [2, 8, 9]
+    asha = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
+    assert trial_stops(parse_space(_with(scheduler=asha, budget={"epochs": 4}))) == [4]
+
+
 def test_successive_halving_parses_and_costs_what_its_rungs_say():
     from adr_scale.search_space import halving_cost, rung_milestones
 

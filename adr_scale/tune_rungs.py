@@ -1,6 +1,8 @@
-"""Synchronous successive halving for `python -m adr_scale.tune` (`scheduler: {type: halving}`):
-a Tune scheduler whose rung records live in a file beside the search, so a resumed search ranks
-against the records made before the kill. Imported by the driver only (it needs Ray)."""
+"""The rung-keeping Tune schedulers of `python -m adr_scale.tune`: synchronous successive halving
+(`scheduler: {type: halving}`) and ASHA (`type: asha`). Each writes its rung records to a file
+beside the search after every change and reads it back on a restored search (Tune keeps no
+scheduler state in its experiment checkpoint), so a resumed search ranks against the records
+made before the kill. Imported by the driver only (it needs Ray)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,69 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from adr_scale.search_space import rung_milestones
 
 HALVING_STATE = "halving_rungs.json"  # in --out: the successive-halving rung records
+ASHA_STATE = "asha_rungs.json"  # in --out: ASHA's rung records
+
+
+def _save_json(path: str, state: Any) -> None:
+    from adr_scale.rundir import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(state, indent=1) + "\n")
+
+
+class ResumableASHA(ASHAScheduler):
+    """Ray's ASHA whose rungs ({trial id: score} per milestone and bracket) are saved to
+    `state_path` after every result and read back before the first decision of a restored
+    search. A trial keeps the bracket it had (a trial new to the file draws one as Ray does)."""
+
+    def __init__(self, *, state_path: str, **options: Any):
+        super().__init__(**options)
+        self._path, self._loaded = state_path, False
+        self._bracket_of: dict[str, int] = {}  # trial id -> its bracket's index, ended ones too
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_loaded": False}  # the file, not a pickled copy, holds the rungs
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            saved = json.loads(Path(self._path).read_text())
+        except FileNotFoundError:
+            return
+        for bracket, rungs in zip(self._brackets, saved["brackets"], strict=True):
+            bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+        self._bracket_of = saved["trials"]
+
+    def _save(self) -> None:
+        brackets = [[[m, {t: float(v) for t, v in rec.items()}] for m, rec in b._rungs]
+                    for b in self._brackets]
+        self._bracket_of |= {t: self._brackets.index(b) for t, b in self._trial_info.items()}
+        _save_json(self._path, {"brackets": brackets, "trials": self._bracket_of})
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load()
+        known = self._bracket_of.get(trial.trial_id)
+        if known is None:
+            super().on_trial_add(tune_controller, trial)
+        else:
+            self._trial_info[trial.trial_id] = self._brackets[known]
+
+    def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+        self._load()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self._load()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
 
 
 class SuccessiveHalving(FIFOScheduler):
@@ -54,9 +114,7 @@ class SuccessiveHalving(FIFOScheduler):
         return self._state
 
     def _save(self) -> None:
-        from adr_scale.rundir import atomic_write_text
-
-        atomic_write_text(Path(self._path), json.dumps(self._state, indent=1) + "\n")
+        _save_json(self._path, self._state)
 
     def _expected(self, k: int) -> set[str] | None:
         """Trial ids rung k waits for (None at the first rung: any `bracket` trials)."""

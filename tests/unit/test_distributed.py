@@ -33,6 +33,7 @@ def _two_ranks(rank: int, init: str, out: str) -> None:
     diff = awp.compute(model, lambda m: torch.nn.functional.cross_entropy(m(x), y))
     torch.save({"coalesced": [p.grad for p in model.parameters()], "per_tensor": per_tensor,
                 "diff": diff}, f"{out}.{rank}")
+    dist.barrier()  # both ranks done talking: gloo aborted (SIGABRT) when one tore down first
     dist.destroy_process_group()
 
 

@@ -96,17 +96,23 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
 
     cfg = space.trial_config({p.name: params[p.name] for p in space.params})
     name = f"{space.name}-{ray.tune.get_context().get_trial_id()}"
-    path, rows = latest_run(storage, name)
-    done = rows[-1]["epoch"] if rows else 0
+    def report_latest() -> int:
+        """Report the trial's last trained epoch (returns if Tune says go on); 0 if none."""
+        path, rows = latest_run(storage, name)
+        if rows:
+            ray.tune.report(rows[-1] | {"checkpoint_path": path})
+        return rows[-1]["epoch"] if rows else 0
+
     stops = trial_stops(space)
+    _, rows = latest_run(storage, name)
+    done = rows[-1]["epoch"] if rows else 0
     if done in stops:  # relaunched (a resume, an unpaused trial) at a stop: say it again
-        ray.tune.report(rows[-1] | {"checkpoint_path": path})
+        report_latest()
     for until in (s for s in stops if s > done):
         make_trainer({"config": to_dict(cfg), "until_epoch": until}, name=name, storage=storage,
                      workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,
                      callbacks=[_forward_before(until)]).fit()
-        path, rows = latest_run(storage, name)
-        ray.tune.report(rows[-1] | {"checkpoint_path": path})  # returns if Tune says go on
+        report_latest()
 
 
 def trial_stops(space: SearchSpace) -> list[int]:
@@ -254,21 +260,22 @@ def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None 
             perturbation_interval=space.perturbation_interval,
             quantile_fraction=space.quantile_fraction, synch=space.synch,
             hyperparam_mutations={p.name: _pbt_domain(p) for p in space.params})
-    if space.scheduler in ("asha", "halving"):
-        from adr_scale.tune_rungs import ASHA_STATE, HALVING_STATE, ResumableASHA, SuccessiveHalving
+    if space.scheduler not in ("asha", "halving"):
+        return FIFOScheduler()
+    from adr_scale.tune_rungs import ASHA_STATE, HALVING_STATE, ResumableASHA, SuccessiveHalving
 
-        path = Path(state_dir or ".") / (ASHA_STATE if space.scheduler == "asha" else HALVING_STATE)
-        path.unlink(missing_ok=True)  # a new search: rung records of an old one do not apply
-    if space.scheduler == "asha":
-        return ResumableASHA(state_path=str(path), time_attr="epoch", metric=METRIC, mode="max",
-                             max_t=space.epochs, grace_period=space.grace_period,
-                             reduction_factor=space.reduction_factor)
-    if space.scheduler == "halving":
-        return SuccessiveHalving(
+    state_file, make = {
+        "asha": (ASHA_STATE, lambda path: ResumableASHA(
+            state_path=path, time_attr="epoch", metric=METRIC, mode="max", max_t=space.epochs,
+            grace_period=space.grace_period, reduction_factor=space.reduction_factor)),
+        "halving": (HALVING_STATE, lambda path: SuccessiveHalving(
             metric=METRIC, max_t=space.epochs, bracket=num_samples,
             grace_period=space.grace_period, reduction_factor=space.reduction_factor,
-            state_path=str(path))
-    return FIFOScheduler()
+            state_path=path)),
+    }[space.scheduler]
+    path = Path(state_dir or ".") / state_file
+    path.unlink(missing_ok=True)  # a new search: rung records of an old one do not apply
+    return make(str(path))
 
 
 def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_concurrent: int,

@@ -7,7 +7,8 @@ best trial, and the wall time of each. `halving` (synchronous successive halving
 cost, `adr_scale.search_space.halving_cost`; asynchronous `asha` lets early trials through its rungs.
 
 Examples:
-  python benchmarks/search_cost.py --json benchmarks/results/search_cost.json  # 27 trials
+  python benchmarks/search_cost.py --search-lr --json benchmarks/results/search_cost_rf3.json
+  python benchmarks/search_cost.py --search-lr --reduction-factor 4  # rungs 1, 4: cheaper
   python benchmarks/search_cost.py --scheduler asha --num-samples 8 --epochs 9 --reduction-factor 3
 """
 
@@ -36,8 +37,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--scheduler", default="halving", choices=("halving", "asha"))
     p.add_argument("--num-samples", type=int, default=27)
     p.add_argument("--max-concurrent", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=16, help="per-trial budget (rungs 1, 4 at rf 4)")
-    p.add_argument("--reduction-factor", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=16, help="per-trial budget (rungs 1, 3, 9 at rf 3)")
+    p.add_argument("--reduction-factor", type=int, default=3)
     p.add_argument("--train-size", type=int, default=320,
                    help="data.train_size of every trial (epochs of train_size / batch steps)")
     p.add_argument("--search-lr", action="store_true",

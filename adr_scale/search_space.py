@@ -491,9 +491,15 @@ def rung_milestones(max_t: int, grace_period: int, reduction_factor: int) -> lis
     return milestones
 
 
-def halving_cost(n: int, max_t: int, grace_period: int, reduction_factor: int) -> int:
-    """Epochs one bracket of n trials consumes: each rung keeps floor(kept / rf), at least one."""
-    cost, kept, done = 0, n, 0
+def halving_cost(n: int, max_t: int, grace_period: int, reduction_factor: int,
+                 references: int = 0) -> int:
+    """Epochs a search of n trials consumes under successive halving: its `references` (never
+    stopped) train max_t each, the bracket of the other n - references keeps floor(kept / rf),
+    at least one, at each rung."""
+    references = min(references, n)
+    cost, kept, done = references * max_t, n - references, 0
+    if not kept:
+        return cost
     for m in rung_milestones(max_t, grace_period, reduction_factor) + [max_t]:
         cost += kept * (m - done)
         kept, done = max(1, kept // reduction_factor), m

@@ -264,14 +264,16 @@ def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None 
         return FIFOScheduler()
     from adr_scale.tune_rungs import ASHA_STATE, HALVING_STATE, ResumableASHA, SuccessiveHalving
 
+    refs = list(space.reference_points().values())[:num_samples or None]  # never stopped
     state_file, make = {
         "asha": (ASHA_STATE, lambda path: ResumableASHA(
             state_path=path, time_attr="epoch", metric=METRIC, mode="max", max_t=space.epochs,
-            grace_period=space.grace_period, reduction_factor=space.reduction_factor)),
-        "halving": (HALVING_STATE, lambda path: SuccessiveHalving(
-            metric=METRIC, max_t=space.epochs, bracket=num_samples,
             grace_period=space.grace_period, reduction_factor=space.reduction_factor,
-            state_path=path)),
+            references=refs)),
+        "halving": (HALVING_STATE, lambda path: SuccessiveHalving(
+            metric=METRIC, max_t=space.epochs, bracket=max(0, num_samples - len(refs)),
+            grace_period=space.grace_period, reduction_factor=space.reduction_factor,
+            state_path=path, references=refs)),
     }[space.scheduler]
     path = Path(state_dir or ".") / state_file
     path.unlink(missing_ok=True)  # a new search: rung records of an old one do not apply

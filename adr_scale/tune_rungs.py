@@ -2,11 +2,13 @@
 (`scheduler: {type: halving}`) and ASHA (`type: asha`). Each writes its rung records to a file
 beside the search after every change and reads it back on a restored search (Tune keeps no
 scheduler state in its experiment checkpoint), so a resumed search ranks against the records
-made before the kill. Imported by the driver only (it needs Ray)."""
+made before the kill. Neither stops a reference trial (the paper's schedule, plain AT): they are
+the yardsticks and run the whole search budget. Imported by the driver only (it needs Ray)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,13 @@ HALVING_STATE = "halving_rungs.json"  # in --out: the successive-halving rung re
 ASHA_STATE = "asha_rungs.json"  # in --out: ASHA's rung records
 
 
+def is_reference(trial: Trial, references: Sequence[dict[str, Any]]) -> bool:
+    """Whether the trial's sampled parameters are one of the reference points."""
+    config = trial.config or {}
+    return any(all(k in config and abs(float(config[k]) - float(v)) <= 1e-9
+                   for k, v in point.items()) for point in references)
+
+
 def _save_json(path: str, state: Any) -> None:
     from adr_scale.rundir import atomic_write_text
 
@@ -28,11 +37,14 @@ def _save_json(path: str, state: Any) -> None:
 class ResumableASHA(ASHAScheduler):
     """Ray's ASHA whose rungs ({trial id: score} per milestone and bracket) are saved to
     `state_path` after every result and read back before the first decision of a restored
-    search. A trial keeps the bracket it had (a trial new to the file draws one as Ray does)."""
+    search. A trial keeps the bracket it had (a trial new to the file draws one as Ray does).
+    A reference trial's scores are recorded (the others are measured against them), but it is
+    never stopped."""
 
-    def __init__(self, *, state_path: str, **options: Any):
+    def __init__(self, *, state_path: str, references: Sequence[dict[str, Any]] = (),
+                 **options: Any):
         super().__init__(**options)
-        self._path, self._loaded = state_path, False
+        self._path, self._loaded, self._references = state_path, False, list(references)
         self._bracket_of: dict[str, int] = {}  # trial id -> its bracket's index, ended ones too
 
     def __getstate__(self) -> dict[str, Any]:
@@ -68,6 +80,9 @@ class ResumableASHA(ASHAScheduler):
         self._load()
         action = super().on_trial_result(tune_controller, trial, result)
         self._save()
+        if action == TrialScheduler.STOP and is_reference(trial, self._references):
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE  # a yardstick runs the whole budget
         return action
 
     def on_trial_complete(self, tune_controller, trial, result) -> None:
@@ -87,13 +102,18 @@ class SuccessiveHalving(FIFOScheduler):
     checkpoint), so a resumed search ranks against the records made before the kill.
 
     A paused trial's Train run keeps its checkpoints: unpaused, `run_trial` rebuilds the
-    same named Ray Train run, which resumes from its latest epoch."""
+    same named Ray Train run, which resumes from its latest epoch. The reference trials are
+    outside the bracket (`bracket` counts the others): never recorded, paused or stopped, they
+    run the whole budget, so a search of n trials costs `halving_cost(n - refs, ...) + refs *
+    max_t` epochs."""
 
     def __init__(self, *, metric: str, max_t: int, bracket: int, grace_period: int,
-                 reduction_factor: int, state_path: str, time_attr: str = "epoch"):
+                 reduction_factor: int, state_path: str, time_attr: str = "epoch",
+                 references: Sequence[dict[str, Any]] = ()):
         super().__init__()
         self._metric, self._time_attr, self._max_t = metric, time_attr, max_t
         self._bracket, self._rf, self._path = bracket, reduction_factor, state_path
+        self._references = list(references)
         self._milestones = rung_milestones(max_t, grace_period, reduction_factor)
         self._state = None  # read lazily: on a restore the file holds the records
 
@@ -155,7 +175,8 @@ class SuccessiveHalving(FIFOScheduler):
         self._records()
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
-        if self._time_attr not in result or self._metric not in result:
+        if (self._time_attr not in result or self._metric not in result
+                or is_reference(trial, self._references)):
             return TrialScheduler.CONTINUE
         st, t, tid = self._records(), result[self._time_attr], trial.trial_id
         score = float(result[self._metric])
@@ -175,6 +196,8 @@ class SuccessiveHalving(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def _ended(self, tune_controller, trial) -> None:
+        if is_reference(trial, self._references):
+            return  # not in the bracket
         st = self._records()
         if trial.trial_id not in st["ended"]:
             st["ended"].append(trial.trial_id)

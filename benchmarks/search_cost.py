@@ -4,7 +4,8 @@ Both searches draw the same trials (the random sampler with one seed proposes th
 whatever the results, and the references come first), so the only difference is the early
 stopping. Prints the epochs each consumed, their ratio (goal <= 1/4), whether both pick the same
 best trial, and the wall time of each. `halving` (synchronous successive halving) has a fixed
-cost, `adr_scale.search_space.halving_cost`; asynchronous `asha` lets early trials through its rungs.
+cost, `adr_scale.search_space.halving_cost` (the two references, never stopped, run the whole
+budget); asynchronous `asha` lets early trials through its rungs.
 
 Examples:
   python benchmarks/search_cost.py --search-lr --json benchmarks/results/search_cost_rf3.json
@@ -133,9 +134,10 @@ def write_record(args: argparse.Namespace, results: dict, **outcome) -> None:
               "reduction_factor": args.reduction_factor, "grace_period": 1,
               "train_size": args.train_size, "search_lr": args.search_lr,
               "sampler": "random (seed of the space)", "scheduler": sched,
-              "halving_cost_expected": (halving_cost(args.num_samples, args.epochs, 1,
-                                                     args.reduction_factor)
-                                        if sched == "halving" else None),
+              "halving_cost_expected": (halving_cost(
+                  args.num_samples, args.epochs, 1, args.reduction_factor,
+                  references=len(benchmark_space(args).reference_points()))
+                  if sched == "halving" else None),
               **results, **outcome}
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
 

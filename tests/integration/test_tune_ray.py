@@ -55,6 +55,7 @@ def test_asha_stops_weak_trials_confirms_and_best_yaml_trains(tmp_path):
     assert len(epochs) == 3
     stopped = [t for t, e in epochs.items() if e < 2]
     assert stopped, f"ASHA stopped nothing: {epochs}"
+    assert not any(r["reference"] for r in table if r["trial_id"] in stopped)  # yardsticks run on
     assert all(r["status"] == ("stopped early" if r["trial_id"] in stopped else "completed")
                for r in table)
     assert sorted(r["reference"] for r in table if r["reference"]) and {

@@ -297,6 +297,49 @@ def test_asha_ranks_a_resumed_search_against_the_rungs_recorded_before_the_kill(
     assert blank.on_trial_result(None, t2, {"epoch": 1, METRIC: 0.5}) == TrialScheduler.CONTINUE
 
 
+def test_neither_scheduler_stops_a_reference_trial(tmp_path):
+    """The paper's schedule and plain AT are the search's yardsticks: ASHA records their rung
+    scores (the others are cut against them) but never stops them; successive halving keeps them
+    out of its bracket (counted without them), never pausing or recording them. Real Tune
+    objects, no cluster; the decisions are the thing under test."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from adr_scale.search_space import METRIC, load_space
+    from adr_scale.tune import _scheduler
+    from adr_scale.tune_rungs import ASHA_STATE, HALVING_STATE
+
+    space = load_space(_space(tmp_path, scheduler={"type": "asha", "grace_period": 1,
+                                                   "reduction_factor": 2}, epochs=4))
+    paper, at = space.reference_points().values()
+    names = [p.name for p in space.params]
+    sampled = [dict(zip(names, (1.5 + k / 10, 0.4, 0.3, 0.2), strict=True)) for k in range(3)]
+    ref_p, ref_a, t0, t1, t2 = (Trial("run_trial", trial_id=tid, stub=True, config=cfg)
+                                for tid, cfg in zip(("rp", "ra", "t0", "t1", "t2"),
+                                                    (paper, at, *sampled), strict=True))
+    asha = _scheduler(space, state_dir=tmp_path)
+    for trial, score in ((t0, 0.9), (t1, 0.95), (ref_p, 0.1), (ref_a, 0.05), (t2, 0.04)):
+        asha.on_trial_add(None, trial)
+        action = asha.on_trial_result(None, trial, {"epoch": 1, METRIC: score})
+        assert action == (TrialScheduler.STOP if trial is t2 else TrialScheduler.CONTINUE), trial
+    rung_1 = json.loads((tmp_path / ASHA_STATE).read_text())["brackets"][0][2][1]
+    assert rung_1 == {"t0": 0.9, "t1": 0.95, "rp": 0.1, "ra": 0.05, "t2": 0.04}
+
+    space = load_space(_space(tmp_path, scheduler={"type": "halving", "grace_period": 1,
+                                                   "reduction_factor": 3}, epochs=3))
+    halving = _scheduler(space, num_samples=4, state_dir=tmp_path)  # 2 references + 2 sampled
+    halving.on_trial_add(None, t0)
+    assert halving.on_trial_result(None, t0, {"epoch": 1, METRIC: 0.9}) == TrialScheduler.PAUSE
+    for ref in (ref_p, ref_a):
+        for epoch in (1, 3):
+            assert halving.on_trial_result(None, ref, {"epoch": epoch, METRIC: 0.1}) == (
+                TrialScheduler.CONTINUE)
+        halving.on_trial_complete(None, ref, {"epoch": 3, METRIC: 0.1})
+    rungs = json.loads((tmp_path / HALVING_STATE).read_text())
+    assert rungs["bracket"] == 2 and rungs["recorded"]["1"] == {"t0": 0.9}
+    assert rungs["ended"] == [] and rungs["promoted"]["1"] is None  # still waits for t1
+
+
 PROBE = r'''
 import ray
 from adr_scale.train import start_local_ray

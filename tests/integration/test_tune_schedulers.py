@@ -109,7 +109,7 @@ def _halving_space(tmp_path) -> Path:
     raw["fixed"]["data.train_size"] = 128  # 2 steps an epoch: the rung logic is under test
     # one rung, at epoch 1 of 3: a trial's Train run ends there and Tune decides with none up
     raw |= {"name": "smoke-sh", "budget": {"epochs": 3}, "num_samples": 3, "max_concurrent": 1,
-            "confirm": {"top_k": 0},
+            "confirm": {"top_k": 0}, "references": False,  # the rung records are under test
             "scheduler": {"type": "halving", "grace_period": 1, "reduction_factor": 3}}
     path = tmp_path / "halving.yaml"
     path.write_text(yaml.safe_dump(raw))

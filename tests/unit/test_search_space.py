@@ -171,3 +171,6 @@ def test_successive_halving_parses_and_costs_what_its_rungs_say():
     assert halving_cost(27, 9, 1, 3) == 27 + 9 * 2 + 3 * 6
     assert halving_cost(27, 27, 1, 3) == 27 + 9 * 2 + 3 * 6 + 1 * 18  # 81 of 729: 0.111
     assert halving_cost(2, 4, 1, 3) == 2 + 1 * 3  # never fewer than one trial continues
+    # the two references run the whole budget outside the bracket: 25 -> 8 -> 2 -> 1 of the rest
+    assert halving_cost(27, 16, 1, 3, references=2) == 2 * 16 + 25 + 8 * 2 + 2 * 6 + 1 * 7
+    assert halving_cost(2, 4, 1, 3, references=2) == 2 * 4  # an empty bracket costs nothing

@@ -94,8 +94,10 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
 
     from adr_scale.train import make_trainer
 
-    cfg = space.trial_config({p.name: params[p.name] for p in space.params})
+    sampled = {p.name: params[p.name] for p in space.params}
+    cfg = space.trial_config(sampled)
     name = f"{space.name}-{ray.tune.get_context().get_trial_id()}"
+
     def report_latest() -> int:
         """Report the trial's last trained epoch (returns if Tune says go on); 0 if none."""
         path, rows = latest_run(storage, name)
@@ -103,7 +105,7 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
             ray.tune.report(rows[-1] | {"checkpoint_path": path})
         return rows[-1]["epoch"] if rows else 0
 
-    stops = trial_stops(space)
+    stops = trial_stops(space, reference=space.reference_of(space.field_values(sampled)) is not None)
     _, rows = latest_run(storage, name)
     done = rows[-1]["epoch"] if rows else 0
     if done in stops:  # relaunched (a resume, an unpaused trial) at a stop: say it again
@@ -115,11 +117,11 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
         report_latest()
 
 
-def trial_stops(space: SearchSpace) -> list[int]:
-    """The epochs at which a search trial's Train run ends: its rungs (successive halving), then
-    the budget."""
+def trial_stops(space: SearchSpace, reference: bool = False) -> list[int]:
+    """The epochs at which a search trial's Train run ends: its rungs (successive halving; not
+    for a reference trial, which no rung pauses), then the budget."""
     rungs = (rung_milestones(space.epochs, space.grace_period, space.reduction_factor)
-             if space.scheduler == "halving" else [])
+             if space.scheduler == "halving" and not reference else [])
     return [*rungs, space.epochs]
 
 

@@ -153,6 +153,8 @@ def test_a_trials_train_run_stops_at_the_rungs_under_halving_only():
 
     halving = {"type": "halving", "grace_period": 1, "reduction_factor": 4}
     assert trial_stops(parse_space(_with(scheduler=halving, budget={"epochs": 16}))) == [1, 4, 16]
+    assert trial_stops(parse_space(_with(scheduler=halving, budget={"epochs": 16})),
+                       reference=True) == [16]  # a reference is never paused at a rung
     assert trial_stops(parse_space(_with(scheduler=halving | {"grace_period": 2},
                                          budget={"epochs": 9}))) == [2, 8, 9]
     asha = {"type": "asha", "grace_period": 1, "reduction_factor": 2}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -18,6 +19,21 @@ ROW_METRICS = ("epoch", "step", "train_loss", "lr", "tau", "lambda", METRIC, CLE
                "val_clean_acc_ema", "seconds")
 
 
+def _trial_id_of(trial_path: str) -> str:
+    """Tune's trial id from its folder name (`run_trial_<id>_<index>_<params>_<date>`)."""
+    name = Path(trial_path).name
+    parts = name.split("_")
+    return parts[2] if name.startswith("run_trial_") and len(parts) > 2 else name
+
+
+def _saved_params(trial_path: str) -> dict[str, Any]:
+    """The trial's config as Tune wrote it beside its results (params.json), {} if absent."""
+    try:
+        return json.loads((Path(trial_path) / "params.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any]]:
     """One dict per trial: id, status, sampled fields and its per-epoch rows.
 
@@ -26,8 +42,9 @@ def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any
     """
     trials = []
     for result in grid:
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        params = {p.name: result.config[p.name] for p in space.params if p.name in result.config}
+        trial_id = (result.metrics or {}).get("trial_id") or _trial_id_of(result.path)
+        config = result.config or _saved_params(result.path)  # None: no result since a restore
+        params = {p.name: config[p.name] for p in space.params if p.name in config}
         saved = tune_checkpoint_files(result.checkpoint)  # PBT trials report Tune checkpoints
         rows = (saved.get("history") or latest_history(storage, f"{space.name}-{trial_id}")
                 or _tune_rows(result))

@@ -176,3 +176,18 @@ def test_successive_halving_parses_and_costs_what_its_rungs_say():
     # the two references run the whole budget outside the bracket: 25 -> 8 -> 2 -> 1 of the rest
     assert halving_cost(27, 16, 1, 3, references=2) == 2 * 16 + 25 + 8 * 2 + 2 * 6 + 1 * 7
     assert halving_cost(2, 4, 1, 3, references=2) == 2 * 4  # an empty bracket costs nothing
+
+
+def test_a_trial_without_a_result_since_a_restore_keeps_its_id_and_params(tmp_path):
+    """Tune gives such a trial's Result no config (it comes from the last result): the report
+    reads the id from the trial folder's name and the params from its params.json."""
+    import json
+
+    from adr_scale.search_report import _saved_params, _trial_id_of
+
+    trial = tmp_path / "run_trial_ab12cd34_3_adr_tau_end=2.0000_2026-12-03_08-50-31"
+    trial.mkdir()
+    assert _saved_params(str(trial)) == {}
+    (trial / "params.json").write_text(json.dumps({"adr.tau_end": 2.0}))
+    assert _trial_id_of(str(trial)) == "ab12cd34"
+    assert _saved_params(str(trial)) == {"adr.tau_end": 2.0}

@@ -95,9 +95,13 @@ def test_a_trial_optuna_holds_as_finished_is_not_reported_again(tmp_path):
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     finished_before = _kill_after_first_complete(cmd, out, env)
     assert finished_before, "no trial finished before the kill: " + _first_log(out)
+    # the kill races Tune's experiment checkpoint: where it saved trial 0 as ended, the resume has
+    # nothing to recognise; where it did not, the resume must say it found trial 0 in the study
+    tune_had_it = "TERMINATED" in _trial_statuses(out / "ray" / "smoke").values()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
-    log = _check_resumed(done, out, finished_before)
-    assert "is already COMPLETE in the Optuna study (#0" in log  # recognised on resume
+    log = _check_resumed(done, out, finished_before)  # never reported twice, nothing lost
+    if not tune_had_it:
+        assert "is already COMPLETE in the Optuna study (#0" in log  # recognised on resume
 
 
 def _trial_statuses(experiment: Path) -> dict[str, str]:

@@ -145,6 +145,13 @@ class SearchSpace:
                 return name
         return None
 
+    def reference_of_params(self, params: dict[str, Any]) -> str | None:
+        """Which reference point these Optuna parameter values are, or None (also where one is
+        missing)."""
+        if not all(p.name in params for p in self.params):
+            return None
+        return self.reference_of(self.field_values(params))
+
     def confirm_seed_list(self, base_seed: int) -> list[int]:
         return [base_seed + i for i in range(self.confirm_seeds)]
 

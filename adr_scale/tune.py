@@ -98,14 +98,13 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
     cfg = space.trial_config(sampled)
     name = f"{space.name}-{ray.tune.get_context().get_trial_id()}"
 
-    def report_latest() -> int:
-        """Report the trial's last trained epoch (returns if Tune says go on); 0 if none."""
+    def report_latest() -> None:
+        """Report the trial's last trained epoch (returns if Tune says go on)."""
         path, rows = latest_run(storage, name)
         if rows:
             ray.tune.report(rows[-1] | {"checkpoint_path": path})
-        return rows[-1]["epoch"] if rows else 0
 
-    stops = trial_stops(space, reference=space.reference_of(space.field_values(sampled)) is not None)
+    stops = trial_stops(space, reference=space.reference_of_params(sampled) is not None)
     _, rows = latest_run(storage, name)
     done = rows[-1]["epoch"] if rows else 0
     if done in stops:  # relaunched (a resume, an unpaused trial) at a stop: say it again
@@ -266,16 +265,16 @@ def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None 
         return FIFOScheduler()
     from adr_scale.tune_rungs import ASHA_STATE, HALVING_STATE, ResumableASHA, SuccessiveHalving
 
-    refs = list(space.reference_points().values())[:num_samples or None]  # never stopped
+    refs = min(len(space.reference_points()), num_samples)  # never stopped: not in the bracket
     state_file, make = {
         "asha": (ASHA_STATE, lambda path: ResumableASHA(
             state_path=path, time_attr="epoch", metric=METRIC, mode="max", max_t=space.epochs,
             grace_period=space.grace_period, reduction_factor=space.reduction_factor,
-            references=refs)),
+            reference_of=space.reference_of_params)),
         "halving": (HALVING_STATE, lambda path: SuccessiveHalving(
-            metric=METRIC, max_t=space.epochs, bracket=max(0, num_samples - len(refs)),
+            metric=METRIC, max_t=space.epochs, bracket=num_samples - refs,
             grace_period=space.grace_period, reduction_factor=space.reduction_factor,
-            state_path=path, references=refs)),
+            state_path=path, reference_of=space.reference_of_params)),
     }[space.scheduler]
     path = Path(state_dir or ".") / state_file
     path.unlink(missing_ok=True)  # a new search: rung records of an old one do not apply

@@ -8,7 +8,7 @@ the yardsticks and run the whole search budget. Imported by the driver only (it 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,9 @@ HALVING_STATE = "halving_rungs.json"  # in --out: the successive-halving rung re
 ASHA_STATE = "asha_rungs.json"  # in --out: ASHA's rung records
 
 
-def is_reference(trial: Trial, references: Sequence[dict[str, Any]]) -> bool:
-    """Whether the trial's sampled parameters are one of the reference points."""
-    config = trial.config or {}
-    return any(all(k in config and abs(float(config[k]) - float(v)) <= 1e-9
-                   for k, v in point.items()) for point in references)
+def _is_reference(reference_of: Callable[[dict[str, Any]], str | None] | None,
+                  trial: Trial) -> bool:
+    return reference_of is not None and reference_of(trial.config or {}) is not None
 
 
 def _save_json(path: str, state: Any) -> None:
@@ -41,10 +39,11 @@ class ResumableASHA(ASHAScheduler):
     A reference trial's scores are recorded (the others are measured against them), but it is
     never stopped."""
 
-    def __init__(self, *, state_path: str, references: Sequence[dict[str, Any]] = (),
+    def __init__(self, *, state_path: str,
+                 reference_of: Callable[[dict[str, Any]], str | None] | None = None,
                  **options: Any):
         super().__init__(**options)
-        self._path, self._loaded, self._references = state_path, False, list(references)
+        self._path, self._loaded, self._reference_of = state_path, False, reference_of
         self._bracket_of: dict[str, int] = {}  # trial id -> its bracket's index, ended ones too
 
     def __getstate__(self) -> dict[str, Any]:
@@ -80,7 +79,7 @@ class ResumableASHA(ASHAScheduler):
         self._load()
         action = super().on_trial_result(tune_controller, trial, result)
         self._save()
-        if action == TrialScheduler.STOP and is_reference(trial, self._references):
+        if action == TrialScheduler.STOP and _is_reference(self._reference_of, trial):
             self._num_stopped -= 1
             return TrialScheduler.CONTINUE  # a yardstick runs the whole budget
         return action
@@ -109,11 +108,11 @@ class SuccessiveHalving(FIFOScheduler):
 
     def __init__(self, *, metric: str, max_t: int, bracket: int, grace_period: int,
                  reduction_factor: int, state_path: str, time_attr: str = "epoch",
-                 references: Sequence[dict[str, Any]] = ()):
+                 reference_of: Callable[[dict[str, Any]], str | None] | None = None):
         super().__init__()
         self._metric, self._time_attr, self._max_t = metric, time_attr, max_t
         self._bracket, self._rf, self._path = bracket, reduction_factor, state_path
-        self._references = list(references)
+        self._reference_of = reference_of  # trial config -> "paper", "AT" or None
         self._milestones = rung_milestones(max_t, grace_period, reduction_factor)
         self._state = None  # read lazily: on a restore the file holds the records
 
@@ -176,7 +175,7 @@ class SuccessiveHalving(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
         if (self._time_attr not in result or self._metric not in result
-                or is_reference(trial, self._references)):
+                or _is_reference(self._reference_of, trial)):
             return TrialScheduler.CONTINUE
         st, t, tid = self._records(), result[self._time_attr], trial.trial_id
         score = float(result[self._metric])
@@ -196,7 +195,7 @@ class SuccessiveHalving(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def _ended(self, tune_controller, trial) -> None:
-        if is_reference(trial, self._references):
+        if _is_reference(self._reference_of, trial):
             return  # not in the bracket
         st = self._records()
         if trial.trial_id not in st["ended"]:

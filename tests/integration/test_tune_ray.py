@@ -35,8 +35,8 @@ def _search(tmp_path, space, out):
 
 @pytest.mark.timeout(600)
 def test_asha_stops_weak_trials_confirms_and_best_yaml_trains(tmp_path):
-    """References (run to the budget) and ASHA in the search (3 trials of 2 epochs), then the confirmation stage
-    (top 1 + the paper's schedule + AT, 2 seeds, 1 full-length epoch): best.yaml is the confirmed
+    """References (run to the budget) and ASHA in the search (3 trials of 2 epochs), then the
+    confirmation stage (top 1 + the paper's schedule + AT, 2 seeds, 1 full-length epoch): best.yaml is the confirmed
     winner. Nine TorchTrainer.fit calls in all, each mostly Ray start-up: the epochs are kept
     short and the validation attack cheap (PGD-3)."""
     out = tmp_path / "search"

@@ -1,0 +1,83 @@
+"""SIGINT and SIGTERM for the command-line drivers: stop cleanly, say so in one line, and exit
+128 + the signal (130 for Ctrl-C, 143 for SIGTERM), so that the same command resumes.
+
+A driver wraps its work in `StopSignals`. The first signal either raises `Interrupted` where the
+driver stands (the default) or, while a stage that can stop gracefully runs (a Tune `fit`), calls
+that stage's `graceful` hook and lets it return; the driver then reads `received` and stops. A
+second signal while shutting down raises `Interrupted` at once. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived. A BaseException, like KeyboardInterrupt, so that no `except
+    Exception` between the signal and the driver's main swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.signum)
+
+
+def exit_code(signum: int) -> int:
+    """The shell's convention for a process ended by signal `signum`: 130 (SIGINT), 143 (SIGTERM)."""
+    return 128 + signum
+
+
+class StopSignals:
+    """Handles SIGINT and SIGTERM inside a `with` block (main thread only; elsewhere it does
+    nothing). `received` is the first signal's number, or None."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._graceful: Callable[[int], None] | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:  # the second signal: stop at once
+            raise Interrupted(signum)
+        self.received = signum
+        if self._graceful is None:
+            raise Interrupted(signum)
+        self._graceful(signum)
+
+    @contextmanager
+    def graceful(self, hook: Callable[[int], None]) -> Iterator[None]:
+        """While the block runs, the first signal calls `hook(signum)` instead of raising: the
+        block is expected to return soon after; the caller then checks `received`. A signal that
+        arrived before the block raises at its start."""
+        if self.received is not None:
+            raise Interrupted(self.received)
+        self._graceful = hook
+        try:
+            yield
+        finally:
+            self._graceful = None
+
+    def check(self) -> None:
+        """Raise `Interrupted` if a signal has arrived (between stages)."""
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()

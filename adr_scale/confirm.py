@@ -113,7 +113,10 @@ def rank_correlation(rows: list[Confirmed]) -> float:
 
 
 def write_winner(path: Path, space: SearchSpace, winner: Confirmed, base_seed: int) -> None:
-    """best.yaml: the confirmed winner's full-length config."""
+    """best.yaml: the confirmed winner's full-length config (only from a finished confirmation,
+    so the winner has finished runs)."""
+    if winner.robust.n == 0:
+        raise ValueError(f"write_winner: {winner.candidate.name} has no finished run")
     cfg = space.long_run_config(winner.candidate.params)
     header = (f"# Confirmed winner of search '{space.name}' ({space.source}): {winner.candidate.name}"
               f" ({_fields(winner.candidate.fields)}), validation PGD robust accuracy "

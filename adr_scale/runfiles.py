@@ -16,6 +16,7 @@ HISTORY_FILE = "history.json"  # the epoch rows, small, so the driver need not f
 CONFIG_FILE = "config.json"  # the resolved config, so the driver compares it before a resume
 SEGMENTS_FILE = "segments.json"  # a PBT trial's learned schedule, in its Tune checkpoints
 DIVERGED_FILE = ".diverged"  # the workers' divergence line, handed to the driver by the callback
+FINISHED_FILE = "finished.json"  # beside a run's checkpoints once its Train run ended normally
 
 # Ray Train checkpoint directory names (train.py): epoch-0003, or epoch-0003-r01 for epoch 3
 # trained again after a resume fell back past a torn epoch-0003 (names sort in training order)
@@ -95,6 +96,22 @@ def latest_run(storage: str, run_name: str) -> tuple[str | None, list[dict[str, 
 def latest_history(storage: str, run_name: str) -> list[dict[str, Any]]:
     """The epoch rows in the latest checkpoint of run `run_name` ([] if none)."""
     return latest_run(storage, run_name)[1]
+
+
+def mark_finished(storage: str, run_name: str, record: dict[str, Any]) -> None:
+    """Record that run `run_name` trained to its end (written once its Train run returned)."""
+    fs, root = storage_filesystem(storage)
+    fs.create_dir(f"{root}/{run_name}", recursive=True)
+    with fs.open_output_stream(f"{root}/{run_name}/{FINISHED_FILE}") as f:
+        f.write(json.dumps(record).encode())
+
+
+def is_finished(storage: str, run_name: str) -> bool:
+    """Whether run `run_name` carries the record `mark_finished` writes."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage_filesystem(storage)
+    return fs.get_file_info(f"{root}/{run_name}/{FINISHED_FILE}").type == pafs.FileType.File
 
 
 def dir_name(path: str) -> str:

@@ -34,8 +34,26 @@ def _saved_params(trial_path: str) -> dict[str, Any]:
         return {}
 
 
-def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any]]:
-    """One dict per trial: id, status, sampled fields and its per-epoch rows.
+def trial_status(space: SearchSpace, tune_status: str | None, error: bool, epochs: int) -> str:
+    """What happened to a trial, in words: completed, stopped early by the scheduler, failed,
+    interrupted (running when the search was stopped) or pending (never started)."""
+    if error or tune_status == "ERROR":
+        return "failed"
+    if tune_status in ("RUNNING", "PAUSED"):
+        return "interrupted"
+    if tune_status == "PENDING":
+        return "pending"
+    if epochs >= space.epochs:
+        return "completed"
+    if space.scheduler in ("asha", "halving", "pbt"):
+        return f"stopped early by {space.scheduler.upper()}"
+    return "ended early"  # no scheduler stops a trial: its Train run ended before the budget
+
+
+def collect_trials(space: SearchSpace, grid, storage: str,
+                   statuses: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One dict per trial: id, status (`trial_status`, from Tune's status where `statuses`
+    gives it), sampled fields and its per-epoch rows.
 
     The rows come from the trial's own Ray Train checkpoint (history.json), which survives a killed
     driver intact; Tune's per-trial logs are the fallback.
@@ -50,8 +68,7 @@ def collect_trials(space: SearchSpace, grid, storage: str) -> list[dict[str, Any
                 or _tune_rows(result))
         rows = [{k: r[k] for k in ROW_METRICS if k in r} for r in rows]
         epochs = rows[-1]["epoch"] if rows else 0
-        status = ("error" if result.error else "completed" if epochs >= space.epochs
-                  else "stopped early")
+        status = trial_status(space, (statuses or {}).get(trial_id), bool(result.error), epochs)
         fields = space.field_values(params) if len(params) == len(space.params) else {}
         trials.append({
             "trial_id": trial_id, "status": status, "params": params, "fields": fields,
@@ -193,7 +210,10 @@ def plot_study(out: Path, space: SearchSpace, optuna_url: str) -> dict[str, str]
 
 def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str], out: Path) -> str:
     consumed = sum(t["epochs"] for t in trials)
-    counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped early", "error")}
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     names = [p.field for p in space.params]
     how = (f"a PBT population mutating every {space.perturbation_interval} epochs (learned "
            "schedules in best.yaml's adr.segments)" if space.scheduler == "pbt"
@@ -201,9 +221,7 @@ def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str],
     lines = [
         f"# Search '{space.name}' ({space.source})",
         "",
-        f"Base preset `{space.base}`; {len(trials)} trials ({counts['completed']} completed, "
-        f"{counts['stopped early']} stopped early by {space.scheduler.upper()}, {counts['error']} "
-        f"failed); {how}; objective: validation "
+        f"Base preset `{space.base}`; {len(trials)} trials ({summary}); {how}; objective: validation "
         f"PGD robust accuracy{' and clean accuracy (Pareto)' if space.objective == 'pareto' else ''}"
         f". Epochs consumed: {consumed} of {len(trials) * space.epochs} for running every trial "
         f"to its {space.epochs}-epoch budget ({consumed / max(len(trials) * space.epochs, 1):.0%}).",
@@ -243,8 +261,9 @@ def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str],
 
 
 def write_search_outputs(space: SearchSpace, grid, out: Path, optuna_url: str, storage: str,
-                         ) -> dict[str, Any]:
-    trials = collect_trials(space, grid, storage)
+                         statuses: dict[str, str] | None = None) -> dict[str, Any]:
+    """Written only for a finished search phase (`statuses`: Tune's status of each trial)."""
+    trials = collect_trials(space, grid, storage, statuses)
     write_results_parquet(out / "results.parquet", trials)
     ranked = rank_trials(trials)
     if space.objective == "pareto":

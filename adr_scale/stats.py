@@ -16,6 +16,8 @@ class Summary:
     n: int
 
     def __str__(self) -> str:
+        if self.n == 0:  # never "nan": a candidate without a finished run was not run
+            return "not run"
         return f"{100 * self.mean:.2f} +- {100 * self.std:.2f}" if self.n > 1 else f"{100 * self.mean:.2f}"
 
 

@@ -31,7 +31,15 @@ from typing import Any
 
 from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, to_dict
-from adr_scale.runfiles import latest_run, read_lineage, read_segments, write_segment_files
+from adr_scale.interrupt import Interrupted, StopSignals
+from adr_scale.runfiles import (
+    is_finished,
+    latest_run,
+    mark_finished,
+    read_lineage,
+    read_segments,
+    write_segment_files,
+)
 from adr_scale.runguard import RunLock
 from adr_scale.search_space import (
     CLEAN_METRIC,
@@ -331,6 +339,11 @@ def check_args(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
     if args.max_failures < 0:
         raise ConfigError(f"--max-failures: invalid value {args.max_failures}; "
                           "allowed: an integer >= 0")
+    refs = len(space.reference_points())
+    if refs and num < refs + 1:
+        raise ConfigError(f"--num-samples: invalid value {num}; allowed: an integer >= {refs + 1} "
+                          f"(the {refs} references, run in every search, and at least one "
+                          "searched point)")
     batch = space.trial_config(space.warm_start_params() or _low_point(space)).train.batch_size
     if batch % args.workers_per_trial:
         raise ConfigError(f"--workers-per-trial: {args.workers_per_trial} does not divide "
@@ -346,11 +359,15 @@ def _low_point(space: SearchSpace) -> dict[str, Any]:
 def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurrent: int,
                workers: int = 1, gpus: float = 0, cpus: float = 1, address: str | None = None,
                storage_path: str | None = None, optuna_storage: str | None = None,
-               resume: bool = False, max_failures: int = 1) -> dict[str, Any]:
-    """Run (or resume) the search and write best.yaml, results.parquet and report.md to `out`."""
+               resume: bool = False, max_failures: int = 1,
+               stop: StopSignals | None = None) -> dict[str, Any]:
+    """Run (or resume) the search and write best.yaml, results.parquet and report.md to `out`,
+    then the confirmation. A stop signal (`stop`) ends the running stage with Tune's state saved
+    and raises `Interrupted`: nothing is written that claims the stage finished."""
     import ray
     from ray import tune
 
+    stop = stop or StopSignals()
     out = out.resolve()
     storage = storage_path or str(out / "ray")
     experiment = f"{storage.rstrip('/')}/{space.name}"
@@ -358,12 +375,18 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     restoring = tune.Tuner.can_restore(experiment)
     if resume and not restoring:  # refuse before starting Ray
         raise ConfigError(f"--resume: no search to resume in {experiment!r}")
+    record = _space_record(space, num_samples)
+    if restoring:  # the same search, or a change that is safe to make mid-way
+        _check_same_space(out / "space.json", record)
+    _check_study(optuna_url, space.name, fresh=not restoring and space.scheduler != "pbt",
+                 flag="--optuna-storage" if optuna_storage else f"{out / 'optuna.db'}")
     if not restoring:  # written before Ray starts: a full --out is one line, not a Ray traceback
         from adr_scale.rundir import atomic_write_text
 
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "space.json", json.dumps(_space_record(space), indent=2) + "\n")
+        atomic_write_text(out / "space.json", json.dumps(record, indent=2) + "\n")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # our StopSignals asks Tune to stop
     if not ray.is_initialized():
         at_once = max(max_concurrent, space.confirm_concurrent or 0)  # search or confirmation
         if address:
@@ -388,42 +411,109 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
             name=space.name, storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             callbacks=[WaitReport(getattr(setup["tune_config"], "search_alg", None))]))
-    grid = tuner.fit()
+    grid = _fit(tuner, stop)
+    statuses = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
+    if stop.received:
+        done = sum(status in ("TERMINATED", "ERROR") for status in statuses.values())
+        raise Interrupted(stop.received, f"{done} of {num_samples} search trials finished, "
+                          "no confirmation started")
     from adr_scale.search_report import write_search_outputs
 
-    result = write_search_outputs(space, grid, out, optuna_url, storage)
+    result = write_search_outputs(space, grid, out, optuna_url, storage, statuses)
     if result and space.confirm_top_k > 0 and space.scheduler != "pbt":  # PBT: see the README
         result["confirmed"] = run_confirmation(
             space, result["ranked"], out, workers=workers,
             max_concurrent=space.confirm_concurrent or max_concurrent,
-            gpus=gpus, cpus=cpus, storage=storage, max_failures=max_failures)
+            gpus=gpus, cpus=cpus, storage=storage, max_failures=max_failures, stop=stop)
     return result
+
+
+def _fit(tuner, stop: StopSignals):
+    """tuner.fit(), where the first stop signal asks Tune to end the stage gracefully (Tune's own
+    SIGUSR1 handler, installed by fit, stops the trials and saves the experiment state)."""
+    import signal
+
+    def ask_tune_to_stop(signum: int) -> None:
+        if not callable(signal.getsignal(signal.SIGUSR1)):  # Tune's loop is not up yet
+            raise Interrupted(signum)
+        print(f"{signal.Signals(signum).name}: stopping the running trials and saving the "
+              "search state (a second signal quits at once)", file=sys.stderr, flush=True)
+        signal.raise_signal(signal.SIGUSR1)
+
+    stop.install()  # ray.init replaced the SIGTERM handler
+    with stop.graceful(ask_tune_to_stop):
+        return tuner.fit()
+
+
+def _check_same_space(path: Path, record: dict[str, Any]) -> None:
+    """Refuse to resume a search whose space changed in a field that decides what a trial is;
+    say which safe fields (the confirmation, trials at once) changed."""
+    if not path.exists():
+        return  # a search started before space.json was compared
+    saved = json.loads(path.read_text())
+    changed = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+    unsafe = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if unsafe:
+        key = unsafe[0]
+        raise ConfigError(
+            f"{key}: {record.get(key)!r} now, {saved.get(key)!r} in the search being resumed "
+            f"({path}); allowed: the same space (changing {', '.join(unsafe)} would mix "
+            "incomparable trials), or a new --out for a new search")
+    for key in changed:
+        print(f"resume: {key} changed from {saved.get(key)!r} to {record.get(key)!r}; applied")
+
+
+RESUMABLE_CHANGES = ("confirm_top_k", "confirm_seeds", "confirm_concurrent", "max_concurrent",
+                     "source")  # fields a resumed search may change: not what a trial trains
+
+
+def _check_study(url: str, name: str, *, fresh: bool, flag: str) -> None:
+    """One line for an Optuna storage that cannot be read, or (for a new search) that already
+    holds a study of this name: its trials belong to a search whose Tune state is gone."""
+    import optuna
+
+    try:
+        names = optuna.study.get_all_study_names(storage=optuna.storages.RDBStorage(url))
+    except Exception as exc:  # sqlalchemy's errors for a garbage or truncated file, a bad URL
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{flag}: not a readable Optuna database ({first[:160]}); allowed: a "
+                          "new file or an intact one (move it away to start over)") from None
+    if fresh and name in names:
+        raise ConfigError(f"{flag}: holds study {name!r} of an earlier search whose Tune state "
+                          "is gone; allowed: the search's own --out with its ray/ folder to "
+                          "resume, or a new --out (or remove that study) to start over")
 
 
 def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
                       candidates: dict[str, dict[str, Any]], workers: int, gpus: float,
                       cpus: float, storage: str) -> None:
-    """One full-length run of the confirmation stage: candidate config["candidate"], seed
-    config["seed"], on Ray Train; TuneReportCallback forwards its epochs to Tune."""
+    """One full-length run of the confirmation stage, config["run"] = [candidate, seed], on Ray
+    Train; TuneReportCallback forwards its epochs to Tune; its end is recorded in storage."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from adr_scale.config import apply_overrides
     from adr_scale.confirm import run_name
     from adr_scale.train import make_trainer
 
-    name, seed = config["candidate"], config["seed"]
+    name, seed = config["run"]
     cfg = apply_overrides(space.long_run_config(candidates[name]), [f"seed={seed}"])
-    make_trainer({"config": to_dict(cfg)}, name=run_name(space, name, seed), storage=storage,
+    run = run_name(space, name, seed)
+    make_trainer({"config": to_dict(cfg)}, name=run, storage=storage,
                  workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,
                  callbacks=[TuneReportCallback()]).fit()
+    mark_finished(storage, run, {"candidate": name, "seed": seed})
 
 
 def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path, *,
                      max_concurrent: int, workers: int, gpus: float, cpus: float, storage: str,
-                     max_failures: int = 1) -> list[Any]:
+                     max_failures: int = 1, stop: StopSignals | None = None) -> list[Any]:
     """Train the top_k schedules, the paper's and plain AT at full length over the space's seeds
-    (a Tune grid, `max_concurrent` at once, resumable like the search); then best.yaml becomes the
-    winner by mean validation robust accuracy and report.md gets the comparison."""
+    (`max_concurrent` at once); then best.yaml becomes the winner by mean validation robust
+    accuracy and report.md gets the comparison. Each run is a Ray Train run with a fixed name
+    that records its end: a rerun trains only the runs not finished (an unfinished one resumes
+    from its latest checkpoint), so an interrupt anywhere, or a changed confirm block, resumes
+    with the same command. Raises `Interrupted` on a stop signal and `ConfirmationIncomplete`
+    when a run failed; the winner is written only when every run finished."""
     import time
 
     from ray import tune
@@ -438,32 +528,37 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
     )
     from adr_scale.runfiles import latest_history
 
+    stop = stop or StopSignals()
     candidates = pick_candidates(space, ranked)
     base_seed = space.long_run_config(candidates[0].params).seed
     seeds = space.confirm_seed_list(base_seed)
-    trainable = tune.with_parameters(
-        run_confirm_trial, space=space, candidates={c.name: c.params for c in candidates},
-        workers=workers, gpus=gpus, cpus=cpus, storage=storage)
-    experiment = f"{storage.rstrip('/')}/{space.name}-confirm"
-    start = time.monotonic()
+    runs = [(c.name, s) for c in candidates for s in seeds]
+    pending = [r for r in runs if not is_finished(storage, run_name(space, *r))]
     print(f"confirming {len(candidates)} schedules ({', '.join(c.name for c in candidates)}) at "
-          f"full length, seeds {seeds}: {len(candidates) * len(seeds)} runs")
-    if tune.Tuner.can_restore(experiment):
-        print(f"resuming the confirmation in {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
+          f"full length, seeds {seeds}: {len(runs)} runs"
+          + (f", {len(runs) - len(pending)} finished before" if len(pending) < len(runs) else ""))
+    start = time.monotonic()
+    if pending:
+        trainable = tune.with_parameters(
+            run_confirm_trial, space=space, candidates={c.name: c.params for c in candidates},
+            workers=workers, gpus=gpus, cpus=cpus, storage=storage)
         tuner = tune.Tuner(
-            trainable,
-            param_space={"candidate": tune.grid_search([c.name for c in candidates]),
-                         "seed": tune.grid_search(seeds)},
+            trainable, param_space={"run": tune.grid_search([list(r) for r in pending])},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(name=f"{space.name}-confirm", storage_path=storage,
                                       failure_config=tune.FailureConfig(max_failures=max_failures)))
-    tuner.fit()
-    runs = {(c.name, s): latest_history(storage, run_name(space, c.name, s))
-            for c in candidates for s in seeds}
-    rows = summarise(candidates, seeds, runs)
+        _fit(tuner, stop)
+    unfinished = [r for r in pending if not is_finished(storage, run_name(space, *r))]
+    if stop.received:
+        raise Interrupted(stop.received, f"{len(runs) - len(unfinished)} of {len(runs)} "
+                          "confirmation runs finished, no winner written")
+    if unfinished:
+        raise ConfirmationIncomplete(
+            f"{len(unfinished)} of {len(runs)} confirmation runs failed "
+            f"({', '.join(f'{c} seed {s}' for c, s in unfinished)}; see the Ray Tune output "
+            "above); no winner written; rerun the same command to retry them")
+    rows = summarise(candidates, seeds, {r: latest_history(storage, run_name(space, *r))
+                                         for r in runs})
     write_winner(out / "best.yaml", space, rows[0], base_seed)
     section = report_section(space, rows, rank_correlation(rows), out, time.monotonic() - start)
     report = out / "report.md"
@@ -477,31 +572,51 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
     return rows
 
 
-def _space_record(space: SearchSpace) -> dict[str, Any]:
-    return {"name": space.name, "base": space.base, "source": space.source,
-            "params": [p.__dict__ | {"choices": list(p.choices)} for p in space.params],
-            "epochs": space.epochs, "objective": space.objective, "sampler": space.sampler,
-            "scheduler": space.scheduler}
+class ConfirmationIncomplete(RuntimeError):
+    """A confirmation run failed (after its retries): no winner can be named."""
+
+
+def _space_record(space: SearchSpace, num_samples: int) -> dict[str, Any]:
+    """The space as a resumed search compares it (JSON values: what space.json holds)."""
+    import dataclasses
+
+    record = dataclasses.asdict(space) | {"num_samples": num_samples}
+    return json.loads(json.dumps(record, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        space = load_space(args.space)
-        num, conc = check_args(args, space)
-        out = Path(args.out or f"runs/search-{space.name}")
-        with RunLock(out):  # one search per output directory; a file or read-only --out fails here
-            best = run_search(space, out, num_samples=num, max_concurrent=conc,
-                              workers=args.workers_per_trial, gpus=args.gpus_per_worker,
-                              cpus=args.cpus_per_worker, address=args.address,
-                              storage_path=args.storage_path, optuna_storage=args.optuna_storage,
-                              resume=args.resume, max_failures=args.max_failures)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with StopSignals() as stop:
+        try:
+            space = load_space(args.space)
+            num, conc = check_args(args, space)
+            out = Path(args.out or f"runs/search-{space.name}")
+            with RunLock(out):  # one search per output directory; a file or read-only --out fails here
+                best = run_search(space, out, num_samples=num, max_concurrent=conc,
+                                  workers=args.workers_per_trial, gpus=args.gpus_per_worker,
+                                  cpus=args.cpus_per_worker, address=args.address,
+                                  storage_path=args.storage_path,
+                                  optuna_storage=args.optuna_storage, resume=args.resume,
+                                  max_failures=args.max_failures, stop=stop)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except ConfirmationIncomplete as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Interrupted as exc:
+            print(f"interrupted ({exc}): {exc.detail or 'stopped while shutting down'}; rerun the "
+                  "same command to resume", file=sys.stderr, flush=True)
+            return exc.exit_code
     if not best:
         print("error: no trial finished; see the Ray Tune output above", file=sys.stderr)
         return 1
+    print_answer(best, out, space)
+    return 0
+
+
+def print_answer(best: dict[str, Any], out: Path, space: SearchSpace) -> None:
+    """The search's answer, last: the best trial, each confirmed schedule, the winner."""
     top = best["best"]
     fields = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in top["fields"].items())
@@ -514,7 +629,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"confirmed winner: {best['confirmed'][0].candidate.name} (best.yaml)")
     print(f"report: {out / 'report.md'}\nthe long run with this schedule:\n"
           f"  python -m adr_scale.train --from-search {out} --out runs/{space.name}-long")
-    return 0
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def test_asha_stops_weak_trials_confirms_and_best_yaml_trains(tmp_path):
     assert {r["reference"] for r in table if r["reference"] and epochs[r["trial_id"]] == 2} == {
         "AT", "paper"}, epochs
     assert not any(r["reference"] for r in table if r["trial_id"] in stopped)
-    assert all(r["status"] == ("stopped early" if r["trial_id"] in stopped else "completed")
+    assert all(r["status"] == ("stopped early by ASHA" if r["trial_id"] in stopped else "completed")
                for r in table)
     assert sorted(r["reference"] for r in table if r["reference"]) and {
         r["reference"] for r in table if r["reference"]} == {"AT", "paper"}  # both references ran

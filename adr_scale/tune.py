@@ -464,7 +464,7 @@ def _check_same_space(path: Path, record: dict[str, Any]) -> None:
 
 
 RESUMABLE_CHANGES = ("confirm_top_k", "confirm_seeds", "confirm_concurrent", "max_concurrent",
-                     "source")  # fields a resumed search may change: not what a trial trains
+                     )  # fields a resumed search may change: not what a trial trains
 
 
 def _check_study(url: str, name: str, *, fresh: bool, flag: str) -> None:
@@ -581,6 +581,7 @@ def _space_record(space: SearchSpace, num_samples: int) -> dict[str, Any]:
     import dataclasses
 
     record = dataclasses.asdict(space) | {"num_samples": num_samples}
+    del record["source"]  # where the file lies: a copy of the same space resumes too
     return json.loads(json.dumps(record, default=str))
 
 

@@ -24,7 +24,10 @@ One process per node builds it (an flock on DIGEST.lock; the others wait and the
 decoding the shards in parallel worker processes with webdataset's tar reader or our parser (the
 same bytes, tested) while checking every shard's size, sha256 and sample count against the
 manifest. The build is written under a temporary name and renamed when complete. A cache whose
-files do not match their recorded sizes (a truncated copy) is reported in one line and rebuilt.
+files do not match their recorded sizes (a truncated copy), that holds a label outside [0, K), or
+whose files do not match the digest in meta.json (all labels and 64 sampled blocks of images,
+checked on the first open per process) is reported in one line and rebuilt from the shards, or
+refused in one line when the shards cannot rebuild it.
 
 A bad shard stops the build naming it (SyntheticDataError); with skip_bad=True it is left out and
 recorded in the cache's meta.json and in `bad_shards`.

@@ -391,12 +391,14 @@ def open_synthetic(cfg: RunConfig, info: DatasetInfo, rank: int = 0, world_size:
                    device: torch.device | str = "cpu", check_only: bool = False):
     """The rank's SyntheticLoader for `data.synthetic` (None without), after checking the shards
     fit the dataset and the batch splits across the ranks. The first process on a node builds the
-    decoded cache (the others wait for it); check_only reads only the manifest (the Ray driver)."""
+    decoded cache (the others wait for it); check_only (the Ray driver) reads the manifest and
+    refuses what opening the cache here would refuse, without building it."""
     if not cfg.data.synthetic:
         return None
     from adr_scale.data.synthetic import (
         SyntheticLoader,
         SyntheticSet,
+        check_cache,
         describe_shards,
         mixed_batch_sizes,
     )
@@ -412,7 +414,8 @@ def open_synthetic(cfg: RunConfig, info: DatasetInfo, rank: int = 0, world_size:
     if resident and torch.device(device).type != "cuda":
         raise ConfigError(f"data.synthetic_device: 'cuda' with train.device {cfg.train.device!r} "
                           f"resolved to {torch.device(device).type}; allowed: cpu, or cuda on a GPU run")
-    if check_only:
+    if check_only:  # the node's cache as far as it can be judged without building it
+        check_cache(cfg.data.synthetic, cfg.data.synthetic_cache, cfg.data.skip_bad_shards)
         return None
     synth = SyntheticSet(cfg.data.synthetic, cfg.data.synthetic_cache, cfg.data.skip_bad_shards,
                          tar_reader=cfg.data.tar_reader, progress=rank == 0)

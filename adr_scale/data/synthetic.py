@@ -24,7 +24,10 @@ One process per node builds it (an flock on DIGEST.lock; the others wait and the
 decoding the shards in parallel worker processes with webdataset's tar reader or our parser (the
 same bytes, tested) while checking every shard's size, sha256 and sample count against the
 manifest. The build is written under a temporary name and renamed when complete. A cache whose
-files do not match their recorded sizes (a truncated copy) is reported in one line and rebuilt.
+files do not match their recorded sizes (a truncated copy), that holds a label outside [0, K), or
+whose files do not match the digest in meta.json (all labels and 64 sampled blocks of images,
+checked on the first open per process) is reported in one line and rebuilt from the shards, or
+refused in one line when the shards cannot rebuild it.
 
 A bad shard stops the build naming it (SyntheticDataError); with skip_bad=True it is left out and
 recorded in the cache's meta.json and in `bad_shards`.
@@ -64,12 +67,15 @@ from adr_scale.shard_format import MANIFEST, decode_shard_task, read_manifest_ro
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (B, C, H, W), int64 (B,)
 
-CACHE_FORMAT = 1  # meta.json "format"; a cache of another format is rebuilt
+CACHE_FORMAT = 2  # meta.json "format"; a cache of another format is rebuilt (1 had no digest)
+CHECK_BLOCKS, CHECK_BLOCK_BYTES = 64, 1 << 16  # the digest's sample of images.u8: 4 MiB in all
 _SALT = 0x5EED_ADC5  # keeps these draws apart from any other use of (seed, step, rank)
+_VERIFIED: set[tuple] = set()  # SyntheticSet._identity() of the caches this process has checked
 
 
-class SyntheticDataError(RuntimeError):
-    """A shard could not be read or decoded; the message names the shard."""
+class SyntheticDataError(ConfigError, RuntimeError):
+    """A shard, or a damaged cache that cannot be rebuilt, is unusable; the one-line message names
+    the file. A ConfigError, so the CLIs print it as `error: ...` and exit 2."""
 
 
 def default_cache_dir() -> Path:
@@ -83,6 +89,11 @@ class SyntheticSet:
     def __init__(self, directory: str | Path, cache_dir: str | Path | None = None,
                  skip_bad: bool = False, *, tar_reader: str = "webdataset",
                  workers: int | None = None, progress: bool = True) -> None:
+        self._locate(directory, cache_dir, skip_bad)
+        self.built = False  # whether this process built the cache
+        self._open(tar_reader, workers, progress)
+
+    def _locate(self, directory: str | Path, cache_dir: str | Path | None, skip_bad: bool) -> None:
         self.directory = Path(directory)
         self.skip_bad = skip_bad
         meta, self._rows = _manifest(self.directory)
@@ -91,8 +102,6 @@ class SyntheticSet:
         self.image_shape: tuple[int, int, int] = tuple(int(v) for v in meta["image_shape"])
         self.root = Path(cache_dir) if cache_dir else default_cache_dir()
         self.cache_path = self.root / self.digest
-        self.built = False  # whether this process built the cache
-        self._open(tar_reader, workers, progress)
 
     def __len__(self) -> int:
         return self._n
@@ -100,22 +109,19 @@ class SyntheticSet:
     # -- building and opening -------------------------------------------------------------------
 
     def _open(self, tar_reader: str, workers: int | None, progress: bool) -> None:
-        problem = self._problem()
-        if problem is not None:
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"data.synthetic_cache: cannot create {str(self.root)!r} "
-                                  f"({exc.strerror}); allowed: a writable node-local directory"
-                                  ) from None
-            with _lock(self.root / f"{self.digest}.lock"):
-                problem = self._problem()  # another process may have built it while we waited
+        if (self._problem() or self._damage()) is not None:
+            self._make_root()
+            with _lock(self._lock_path()):
+                # another process may have built it while we waited
+                problem = self._problem() or self._damage()
                 if problem is not None:
                     if self.cache_path.exists():
-                        print(f"synthetic cache {self.cache_path}: {problem}; rebuilding",
-                              file=sys.stderr, flush=True)
+                        self._check_rebuildable(problem)
+                        print(f"synthetic cache {self.cache_path}: {problem}; rebuilding from "
+                              f"the shards", file=sys.stderr, flush=True)
                         shutil.rmtree(self.cache_path)
                     self._build(tar_reader, workers, progress)
+                    _VERIFIED.add(self._identity())
                     self.built = True
         meta = json.loads((self.cache_path / "meta.json").read_text())
         self.bad_shards: dict[str, str] = dict(meta["bad_shards"])
@@ -124,6 +130,62 @@ class SyntheticSet:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._images = np.frombuffer(self._map, np.uint8).reshape(self._n, *self.image_shape)
         self._labels = np.fromfile(self.cache_path / "labels.i64", np.int64)
+
+    def _lock_path(self) -> Path:
+        return self.root / f"{self.digest}.lock"
+
+    def _make_root(self) -> None:
+        """The cache directory and its lock file, or a one-line ConfigError saying what to do."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self._lock_path(), os.O_CREAT | os.O_RDWR, 0o644))
+        except OSError as exc:
+            raise ConfigError(f"data.synthetic_cache: cannot write to {str(self.root)!r} "
+                              f"({exc.strerror or exc}); allowed: a writable node-local directory "
+                              "(point data.synthetic_cache at one, e.g. on the node's local disk)"
+                              ) from None
+
+    def _damage(self) -> str | None:
+        """What is wrong with the contents of a cache whose sizes are right (None: nothing found):
+        a label outside [0, K) (every open), a digest mismatch (the first open per process of
+        these files). Runs only after _problem() found nothing."""
+        labels = self.cache_path / "labels.i64"
+        bad = _first_out_of_range(np.fromfile(labels, np.int64), self.num_classes)
+        if bad is not None:
+            row, value = bad
+            return (f"{labels} holds label {value} at row {row}; allowed: a class in "
+                    f"[0, {self.num_classes})")
+        identity = self._identity()
+        if identity in _VERIFIED:
+            return None
+        stored = json.loads((self.cache_path / "meta.json").read_text()).get("check")
+        if stored != _cache_check(self.cache_path):
+            return (f"{self.cache_path / 'images.u8'} or labels.i64 does not match the digest in "
+                    "meta.json (damaged?)")
+        _VERIFIED.add(identity)
+        return None
+
+    def _identity(self) -> tuple:
+        """The cache files as they are now: a file rewritten in place gets another mtime."""
+        stats = [(self.cache_path / n).stat() for n in ("images.u8", "labels.i64", "meta.json")]
+        return (str(self.cache_path), *((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats))
+
+    def _check_rebuildable(self, problem: str) -> None:
+        """Refuse, in one line, to delete a damaged cache that the shards on disk cannot rebuild
+        (shards the cache did not leave out as bad are missing or have another size)."""
+        meta_file = self.cache_path / "meta.json"
+        try:
+            left_out = set(json.loads(meta_file.read_text())["bad_shards"])
+        except (OSError, ValueError, KeyError, TypeError):
+            left_out = set()
+        missing = [r["shard"] for r in self._rows if r["shard"] not in left_out
+                   and _size(self.directory / r["shard"]) != r["bytes"]]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise SyntheticDataError(
+                f"data.synthetic_cache: {problem}, and it cannot be rebuilt: "
+                f"{self.directory / missing[0]}{more} missing or resized; allowed: restore the "
+                f"shards of {self.directory} (data_pipeline.verify), then rerun")
 
     def _problem(self) -> str | None:
         """Why the cache at cache_path cannot be used as it is (None: it can)."""
@@ -136,6 +198,8 @@ class SyntheticSet:
             fmt, digest, bad = meta["format"], meta["manifest_sha256"], meta["bad_shards"]
         except (ValueError, KeyError, TypeError):
             return "meta.json is unreadable"
+        if fmt == 1:
+            return "format 1 holds no integrity digest"
         if fmt != CACHE_FORMAT or digest != self.digest:
             return f"format {fmt} of manifest {digest[:12]}, expected {CACHE_FORMAT} of {self.digest[:12]}"
         if bad and not self.skip_bad:
@@ -189,6 +253,7 @@ class SyntheticSet:
                     os.fsync(f.fileno())
             meta = {"format": CACHE_FORMAT, "manifest_sha256": self.digest, "num_images": kept,
                     "image_shape": list(shape), "num_classes": self.num_classes,
+                    "check": _cache_check(tmp),
                     "source": str(self.directory.resolve()), "bad_shards": bad,
                     "built_by": f"pid {os.getpid()} on {socket.gethostname()}",
                     "tar_reader": tar_reader}
@@ -330,6 +395,52 @@ def _manifest(directory: Path) -> tuple[dict, list[dict]]:
         raise ConfigError(f"data.synthetic: {str(directory)!r} has no finished shard yet; "
                           "allowed: a directory with at least one shard in its manifest")
     return meta, rows
+
+
+def check_cache(directory: str | Path, cache_dir: str | Path | None = None,
+                skip_bad: bool = False) -> None:
+    """What opening the cache on this node would refuse, without building or mapping it (the Ray
+    driver, before it writes run files; its workers build): an unwritable data.synthetic_cache
+    where the cache must be built, a damaged cache that the shards cannot rebuild."""
+    synth = SyntheticSet.__new__(SyntheticSet)
+    synth._locate(directory, cache_dir, skip_bad)
+    problem = synth._problem() or synth._damage()
+    if problem is None:
+        return
+    synth._make_root()
+    if synth.cache_path.exists():
+        synth._check_rebuildable(problem)
+
+
+def _cache_check(cache: Path) -> dict:
+    """A cheap digest of a cache directory's files: blake2b of all of labels.i64 and of
+    CHECK_BLOCKS blocks of images.u8 at evenly spaced offsets (first and last included), with both
+    sizes. Reads 4 MiB of images at most: any damage to the whole file (a flipped, zeroed or
+    swapped copy) is seen, a few bytes between the blocks are not."""
+    images, labels = cache / "images.u8", cache / "labels.i64"
+    size = images.stat().st_size
+    h = hashlib.blake2b(digest_size=32)
+    with open(images, "rb") as f:
+        if size <= CHECK_BLOCKS * CHECK_BLOCK_BYTES:
+            h.update(f.read())
+        else:
+            span = size - CHECK_BLOCK_BYTES
+            for i in range(CHECK_BLOCKS):
+                h.update(os.pread(f.fileno(), CHECK_BLOCK_BYTES, i * span // (CHECK_BLOCKS - 1)))
+    return {"images_bytes": size, "images_blake2b": h.hexdigest(),
+            "sampled_blocks": [CHECK_BLOCKS, CHECK_BLOCK_BYTES],
+            "labels_bytes": labels.stat().st_size,
+            "labels_blake2b": hashlib.blake2b(labels.read_bytes(), digest_size=32).hexdigest()}
+
+
+def _first_out_of_range(labels: np.ndarray, num_classes: int) -> tuple[int, int] | None:
+    """(row, label) of the first label outside [0, num_classes), or None."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    return (int(bad[0]), int(labels[bad[0]])) if bad.size else None
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else -1
 
 
 def _to_device_in_chunks(array: np.ndarray, device: torch.device,

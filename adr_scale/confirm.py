@@ -75,10 +75,70 @@ class Confirmed:
     per_seed: list[float]
 
 
+@dataclass(frozen=True)
+class Stopped:
+    seeds: int  # seeds it had run when it stopped (the round)
+    leader: str  # the leader it was compared with
+    test: Paired  # its paired difference to the leader over those seeds
+
+
+@dataclass(frozen=True)
+class Race:
+    """Where a race over full-length runs stands, replayed from the finished runs' scores."""
+
+    pending: list[tuple[str, int]]  # (candidate, seed) runs the next round needs; [] when decided
+    active: list[str]  # candidates still racing, the leader first
+    stopped: dict[str, Stopped]  # candidates the race stopped, by name
+    rounds: int  # complete rounds (seeds run by every active candidate)
+
+    @property
+    def decided(self) -> bool:
+        return not self.pending
+
+    def runs(self, seeds: list[int]) -> list[tuple[str, int]]:
+        """Every (candidate, seed) the race ran or runs now."""
+        out = [(c, s) for c in self.active for s in seeds[:self.rounds]]
+        out += [(c, s) for c, stop in self.stopped.items() for s in seeds[:stop.seeds]]
+        return out + [r for r in self.pending if r not in out]
+
+
+def plan_race(names: list[str], seeds: list[int], scores: dict[tuple[str, int], float], *,
+              min_seeds: int, alpha: float) -> Race:
+    """Replay a race (F-race / SMAC's intensification, with a paired t test) on `scores`, the
+    validation robust accuracy of each finished (candidate, seed) run, and say what runs next.
+
+    Every candidate runs the first `min_seeds` seeds (one round, run at once); after each round a
+    candidate whose paired difference to the leader (best mean over the round's seeds) is
+    significantly negative (one-sided paired t, p < `alpha`) stops; the survivors get the next
+    seed while more than one is left, up to len(seeds). Decisions depend on the scores only, so
+    replaying them after an interrupt resumes the race where it stood. `alpha` 0 with
+    `min_seeds` = len(seeds) is the plain grid (nothing stops)."""
+    active, stopped = list(names), {}
+    for r in range(min_seeds, len(seeds) + 1):
+        want = seeds[:r] if r == min_seeds else seeds[r - 1:r]
+        missing = [(c, s) for c in active for s in want if (c, s) not in scores]
+        if missing:
+            return Race(missing, active, stopped, r - len(want))
+        run = seeds[:r]
+        means = {c: sum(scores[(c, s)] for s in run) / r for c in active}
+        leader = max(active, key=lambda c: (means[c], -names.index(c)))
+        for c in active:
+            test = paired_test([scores[(c, s)] for s in run], [scores[(leader, s)] for s in run])
+            if c != leader and test.p_less < alpha:
+                stopped[c] = Stopped(r, leader, test)
+        active = [leader] + sorted((c for c in active if c != leader and c not in stopped),
+                                   key=lambda c: (-means[c], names.index(c)))
+        if len(active) == 1:
+            return Race([], active, stopped, r)
+    return Race([], active, stopped, len(seeds))
+
+
 def summarise(candidates: list[Candidate], seeds: list[int],
-              runs: dict[tuple[str, int], list[dict[str, Any]]]) -> list[Confirmed]:
-    """One row per candidate, best mean full-length robust accuracy first. Pairs are by seed, and
-    only seeds where both runs finished enter a paired test."""
+              runs: dict[tuple[str, int], list[dict[str, Any]]],
+              winner: str | None = None) -> list[Confirmed]:
+    """One row per candidate, `winner` (the race's) first, then best mean full-length robust
+    accuracy first. Pairs are by seed, and only seeds where both runs finished enter a paired
+    test."""
     scores = {key: full_length_score(rows) for key, rows in runs.items()}
 
     def per_seed(name: str, which: int) -> dict[int, float]:
@@ -97,7 +157,8 @@ def summarise(candidates: list[Candidate], seeds: list[int],
         out.append(Confirmed(c, sorted(robust), summary(list(robust.values())),
                              summary(list(per_seed(c.name, 1).values())), vs["AT"], vs["paper"],
                              [robust[s] for s in sorted(robust)]))
-    return sorted(out, key=lambda r: (-_or_low(r.robust.mean), r.candidate.name))
+    return sorted(out, key=lambda r: (r.candidate.name != winner, -_or_low(r.robust.mean),
+                                      r.candidate.name))
 
 
 def _or_low(x: float) -> float:
@@ -138,26 +199,74 @@ def _diff(p: Paired | None) -> str:
     return f"{100 * p.diff:+.2f}{pv}"
 
 
+def verdict(winner: str, ref: str, test: Paired | None, alpha: float) -> str:
+    """The winner against a reference in words: by how much it beats it, or a tie at N seeds."""
+    if test is None or test.n == 0:
+        return f"{winner} vs {ref}: no seed in common"
+    if test.n < 2:
+        return f"{winner} vs {ref}: {100 * test.diff:+.2f} points on 1 seed, no test"
+    how = f"{test.n} seeds, one-sided paired t, p {test.p_greater:.2g}"
+    if test.p_greater < alpha:
+        return f"{winner} beats {ref} by {100 * test.diff:.2f} points ({how})"
+    return f"{winner} vs {ref}: {100 * test.diff:+.2f} points, a tie at {test.n} seeds ({how})"
+
+
+def race_column(name: str, race: Race, winner: str) -> str:
+    """How a candidate left the race: the winner, stopped after k seeds (and why), or a survivor
+    the winner was not separated from."""
+    if name == winner:
+        return "winner"
+    stop = race.stopped.get(name)
+    if stop is None:
+        return f"not separated from {winner} at {race.rounds} seeds"
+    return (f"stopped after {stop.seeds} seeds: {100 * stop.test.diff:+.2f} vs {stop.leader} "
+            f"(one-sided p {stop.test.p_less:.2g})")
+
+
+def race_cost(race: Race, seeds: list[int], names: list[str]) -> tuple[int, int]:
+    """(runs the race trained, runs the grid over every seed would train)."""
+    return len(race.runs(seeds)), len(names) * len(seeds)
+
+
 def report_section(space: SearchSpace, rows: list[Confirmed], rho: float, out: Path,
-                   seconds: float) -> str:
+                   seconds: float, race: Race | None = None,
+                   seeds: list[int] | None = None) -> str:
     winner = rows[0]
+    epochs = space.long_run_config(winner.candidate.params).train.epochs
+    racing = race is not None and space.confirm_mode == "race"
+    how = (f"raced over up to {space.confirm_seeds} seeds: every candidate ran "
+           f"{space.confirm_min_seeds}, then after each round a candidate whose paired difference "
+           f"to the leader was significantly negative (one-sided paired t, alpha "
+           f"{space.confirm_alpha:g}) stopped, and the rest got one more seed while more than one "
+           "was left" if racing else f"each trained with seeds {winner.seeds}")
     lines = [
         "## Confirmation at full length",
         "",
         f"The top {space.confirm_top_k} searched schedules, the paper's schedule and plain AT "
-        f"(lambda 0), each trained at full length ({space.long_run_config(winner.candidate.params).train.epochs}"
-        f" epochs) with seeds {winner.seeds} ({seconds / 60:.1f} min). Validation PGD robust and "
-        "clean accuracy (%) of each run's best validated epoch, mean +- std over seeds; the "
-        "differences are paired by seed (two-sided paired t test). The test set was not used.",
+        f"(lambda 0) at full length ({epochs} epochs), {how} ({seconds / 60:.1f} min). Validation "
+        "PGD robust and clean accuracy (%) of each run's best validated epoch, mean +- std over "
+        "the seeds it ran; the differences are paired by seed (two-sided paired t test) over the "
+        "seeds both ran. The test set was not used.",
         "",
-        "| schedule | tau, lambda | search score | val robust | val clean | vs AT | vs paper |",
-        "|---|---|---|---|---|---|---|",
+        "| schedule | tau, lambda | search score | seeds | val robust | val clean | vs AT | vs paper |"
+        + (" race |" if racing else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if racing else ""),
     ]
     for r in rows:
         c = r.candidate
         search = "-" if math.isnan(c.search_score) else f"{100 * c.search_score:.2f}"
         lines.append(f"| {c.name}{' **(winner)**' if r is winner else ''} | {_fields(c.fields)} | "
-                     f"{search} | {r.robust} | {r.clean} | {_diff(r.vs_at)} | {_diff(r.vs_paper)} |")
+                     f"{search} | {len(r.seeds)} | {r.robust} | {r.clean} | {_diff(r.vs_at)} | "
+                     f"{_diff(r.vs_paper)} |"
+                     + (f" {race_column(c.name, race, winner.candidate.name)} |" if racing else ""))
+    alpha = space.confirm_alpha
+    lines += ["", *(f"- {verdict(winner.candidate.name, ref, test, alpha)}." for ref, test in
+                    (("AT", winner.vs_at), ("paper", winner.vs_paper))
+                    if ref != winner.candidate.name)]
+    if race is not None and seeds is not None:
+        spent, grid = race_cost(race, seeds, [r.candidate.name for r in rows])
+        lines += [f"- Full-length runs: {spent} ({spent * epochs} epochs); every candidate on "
+                  f"every one of the {len(seeds)} seeds would be {grid} ({spent / grid:.2f} of it)."]
     rho_text = "n/a (fewer than 3 candidates with both scores)" if math.isnan(rho) else f"{rho:.2f}"
     lines += [
         "",

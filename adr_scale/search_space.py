@@ -83,7 +83,10 @@ class SearchSpace:
     max_concurrent: int = 2
     references: bool = True  # run the paper's schedule (warm_start) and plain AT in the search
     confirm_top_k: int = 3  # schedules retrained at full length after the search (0: none)
-    confirm_seeds: int = 3  # seeds of each full-length run
+    confirm_mode: str = "race"  # race: seeds where the answer is open; grid: every seed each
+    confirm_seeds: int = 4  # grid: seeds of every candidate; race: the most any candidate runs
+    confirm_min_seeds: int = 2  # race: seeds every candidate runs before any stops
+    confirm_alpha: float = 0.05  # race: one-sided paired t level at which a candidate stops
     confirm_concurrent: int | None = None  # full-length runs at once (None: max_concurrent)
     source: str = "<space>"
 
@@ -283,17 +286,34 @@ def _boolean(source: str, key: str, value: Any) -> bool:
     return value
 
 
-def _parse_confirm(source: str, value: Any) -> dict[str, int]:
-    """confirm: {top_k: K, seeds: S[, max_concurrent: C]}; top_k 0 skips the confirmation."""
+CONFIRM_KEYS = ("mode", "top_k", "seeds", "min_seeds", "alpha", "max_concurrent")
+CONFIRM_MODES = ("race", "grid")
+
+
+def _parse_confirm(source: str, value: Any) -> dict[str, Any]:
+    """confirm: {mode: race | grid, top_k: K, seeds: S, min_seeds: M, alpha: A,
+    max_concurrent: C}; top_k 0 skips the confirmation. Under `grid` every candidate runs S
+    seeds (default 3); under `race` (the default) M (default 2) to S (default 4)."""
     value = {} if value is None else value
-    if not isinstance(value, dict) or set(value) - {"top_k", "seeds", "max_concurrent"}:
-        _fail(source, f"confirm: expected {{top_k: K, seeds: S, max_concurrent: C}}, got {value!r}")
+    if not isinstance(value, dict) or set(value) - set(CONFIRM_KEYS):
+        _fail(source, f"confirm: expected a mapping of {', '.join(CONFIRM_KEYS)}, got {value!r}")
     top_k = value.get("top_k", 3)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
         _fail(source, f"confirm.top_k: invalid value {top_k!r}; allowed: an integer >= 0")
+    mode = value.get("mode", "race")
+    if mode not in CONFIRM_MODES:
+        _fail(source, f"confirm.mode: invalid value {mode!r}; allowed: {', '.join(CONFIRM_MODES)}")
+    seeds = _positive_int(source, "confirm.seeds", value.get("seeds", 4 if mode == "race" else 3))
+    min_seeds = _positive_int(source, "confirm.min_seeds", value.get("min_seeds", min(2, seeds)))
+    if mode == "race" and not 2 <= min_seeds <= seeds:
+        _fail(source, f"confirm.min_seeds: invalid value {min_seeds}; allowed: 2 to confirm.seeds "
+              f"({seeds}): a paired test needs two seeds")
+    alpha = value.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        _fail(source, f"confirm.alpha: invalid value {alpha!r}; allowed: a number in (0, 1)")
     concurrent = value.get("max_concurrent")
-    return {"confirm_top_k": top_k,
-            "confirm_seeds": _positive_int(source, "confirm.seeds", value.get("seeds", 3)),
+    return {"confirm_top_k": top_k, "confirm_mode": mode, "confirm_seeds": seeds,
+            "confirm_min_seeds": min_seeds, "confirm_alpha": float(alpha),
             "confirm_concurrent": None if concurrent is None else _positive_int(
                 source, "confirm.max_concurrent", concurrent)}
 

@@ -36,6 +36,21 @@ class Paired:
     p: float  # two-sided p value of the paired t test (nan with fewer than 2 pairs)
     n: int
 
+    @property
+    def p_less(self) -> float:
+        """One-sided p value of "a < b" (nan with fewer than 2 pairs): half the two-sided p when
+        the mean difference is negative, one minus that half otherwise."""
+        if math.isnan(self.p):
+            return math.nan if self.n < 2 else 1.0  # every difference 0: no evidence either way
+        return self.p / 2 if self.diff < 0 else 1 - self.p / 2
+
+    @property
+    def p_greater(self) -> float:
+        """One-sided p value of "a > b" (nan with fewer than 2 pairs)."""
+        if math.isnan(self.p):
+            return math.nan if self.n < 2 else 1.0
+        return self.p / 2 if self.diff > 0 else 1 - self.p / 2
+
 
 def paired_test(a: list[float], b: list[float]) -> Paired:
     """Paired t test of a - b (pairs: the same seed). With zero spread, t is +-inf and p 0 (or

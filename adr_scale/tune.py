@@ -463,7 +463,8 @@ def _check_same_space(path: Path, record: dict[str, Any]) -> None:
         print(f"resume: {key} changed from {saved.get(key)!r} to {record.get(key)!r}; applied")
 
 
-RESUMABLE_CHANGES = ("confirm_top_k", "confirm_seeds", "confirm_concurrent", "max_concurrent",
+RESUMABLE_CHANGES = ("confirm_top_k", "confirm_mode", "confirm_seeds", "confirm_min_seeds",
+                     "confirm_alpha", "confirm_concurrent", "max_concurrent",
                      )  # fields a resumed search may change: not what a trial trains
 
 
@@ -507,16 +508,15 @@ def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
 def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path, *,
                      max_concurrent: int, workers: int, gpus: float, cpus: float, storage: str,
                      max_failures: int = 1, stop: StopSignals | None = None) -> list[Any]:
-    """Train the top_k schedules, the paper's and plain AT at full length over the space's seeds
-    (`max_concurrent` at once); then best.yaml becomes the winner by mean validation robust
-    accuracy and report.md gets the comparison. Each run is a Ray Train run with a fixed name
-    that records its end: a rerun trains only the runs not finished (an unfinished one resumes
-    from its latest checkpoint), so an interrupt anywhere, or a changed confirm block, resumes
-    with the same command. Raises `Interrupted` on a stop signal and `ConfirmationIncomplete`
-    when a run failed; the winner is written only when every run finished."""
+    """Train the top_k schedules, the paper's and plain AT at full length, as a race over seeds
+    (`confirm.mode: race`: `confirm.plan_race`) or every candidate on every seed (`grid`), each
+    round's runs `max_concurrent` at once; then best.yaml becomes the winner and report.md gets
+    the comparison. Each run is a Ray Train run with a fixed name that records its end, and the
+    race is replayed from the finished runs: a rerun trains only what is missing (an unfinished
+    run resumes from its latest checkpoint), so an interrupt anywhere, or a changed confirm block,
+    resumes with the same command. Raises `Interrupted` on a stop signal and
+    `ConfirmationIncomplete` when a run failed; the winner is written only once decided."""
     import time
-
-    from ray import tune
 
     from adr_scale.confirm import (
         pick_candidates,
@@ -532,35 +532,24 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
     candidates = pick_candidates(space, ranked)
     base_seed = space.long_run_config(candidates[0].params).seed
     seeds = space.confirm_seed_list(base_seed)
-    runs = [(c.name, s) for c in candidates for s in seeds]
-    pending = [r for r in runs if not is_finished(storage, run_name(space, *r))]
     print(f"confirming {len(candidates)} schedules ({', '.join(c.name for c in candidates)}) at "
-          f"full length, seeds {seeds}: {len(runs)} runs"
-          + (f", {len(runs) - len(pending)} finished before" if len(pending) < len(runs) else ""))
+          f"full length: " + (f"a race over seeds {seeds} (at least {space.confirm_min_seeds} "
+                              f"each, alpha {space.confirm_alpha:g})" if space.confirm_mode == "race"
+                              else f"seeds {seeds}, {len(candidates) * len(seeds)} runs"))
     start = time.monotonic()
-    if pending:
-        trainable = tune.with_parameters(
-            run_confirm_trial, space=space, candidates={c.name: c.params for c in candidates},
-            workers=workers, gpus=gpus, cpus=cpus, storage=storage)
-        tuner = tune.Tuner(
-            trainable, param_space={"run": tune.grid_search([list(r) for r in pending])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
-            run_config=tune.RunConfig(name=f"{space.name}-confirm", storage_path=storage,
-                                      failure_config=tune.FailureConfig(max_failures=max_failures)))
-        _fit(tuner, stop)
-    unfinished = [r for r in pending if not is_finished(storage, run_name(space, *r))]
-    if stop.received:
-        raise Interrupted(stop.received, f"{len(runs) - len(unfinished)} of {len(runs)} "
-                          "confirmation runs finished, no winner written")
-    if unfinished:
-        raise ConfirmationIncomplete(
-            f"{len(unfinished)} of {len(runs)} confirmation runs failed "
-            f"({', '.join(f'{c} seed {s}' for c, s in unfinished)}; see the Ray Tune output "
-            "above); no winner written; rerun the same command to retry them")
+    while True:
+        race = _race(space, candidates, seeds, storage)
+        if race.decided:
+            break
+        _run_round(space, candidates, race.pending, race.rounds, max_concurrent=max_concurrent,
+                   workers=workers, gpus=gpus, cpus=cpus, storage=storage,
+                   max_failures=max_failures, stop=stop)
+    runs = race.runs(seeds)
     rows = summarise(candidates, seeds, {r: latest_history(storage, run_name(space, *r))
-                                         for r in runs})
+                                         for r in runs}, winner=race.active[0])
     write_winner(out / "best.yaml", space, rows[0], base_seed)
-    section = report_section(space, rows, rank_correlation(rows), out, time.monotonic() - start)
+    section = report_section(space, rows, rank_correlation(rows), out, time.monotonic() - start,
+                             race=race, seeds=seeds)
     report = out / "report.md"
     text = report.read_text() if report.exists() else ""
     # the search's own "Next" (best trial -> best.yaml) no longer holds: the section says what does
@@ -570,6 +559,54 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
 
     atomic_write_text(report, text)
     return rows
+
+
+def _race(space: SearchSpace, candidates, seeds: list[int], storage: str):
+    """The race (or grid) replayed from the finished confirmation runs."""
+    from adr_scale.confirm import full_length_score, plan_race, run_name
+    from adr_scale.runfiles import latest_history
+
+    scores = {}
+    for c in candidates:
+        for s in seeds:
+            name = run_name(space, c.name, s)
+            if is_finished(storage, name):
+                scores[(c.name, s)] = full_length_score(latest_history(storage, name))[0]
+    grid = space.confirm_mode == "grid"
+    return plan_race([c.name for c in candidates], seeds, scores,
+                     min_seeds=len(seeds) if grid else space.confirm_min_seeds,
+                     alpha=0.0 if grid else space.confirm_alpha)
+
+
+def _run_round(space: SearchSpace, candidates, pending: list[tuple[str, int]], rounds: int, *,
+               max_concurrent: int, workers: int, gpus: float, cpus: float, storage: str,
+               max_failures: int, stop: StopSignals) -> None:
+    """Train one round's runs (a Tune grid, `max_concurrent` at once); raise `Interrupted` on a
+    stop signal, `ConfirmationIncomplete` if a run did not finish."""
+    from ray import tune
+
+    from adr_scale.confirm import run_name
+
+    print(f"confirmation round {rounds + 1}: {len(pending)} full-length runs "
+          f"({', '.join(f'{c} seed {s}' for c, s in pending)})", flush=True)
+    trainable = tune.with_parameters(
+        run_confirm_trial, space=space, candidates={c.name: c.params for c in candidates},
+        workers=workers, gpus=gpus, cpus=cpus, storage=storage)
+    tuner = tune.Tuner(
+        trainable, param_space={"run": tune.grid_search([list(r) for r in pending])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+        run_config=tune.RunConfig(name=f"{space.name}-confirm", storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)))
+    _fit(tuner, stop)
+    unfinished = [r for r in pending if not is_finished(storage, run_name(space, *r))]
+    if stop.received:
+        raise Interrupted(stop.received, f"{len(pending) - len(unfinished)} of {len(pending)} "
+                          f"runs of confirmation round {rounds + 1} finished, no winner written")
+    if unfinished:
+        raise ConfirmationIncomplete(
+            f"{len(unfinished)} of {len(pending)} confirmation runs failed "
+            f"({', '.join(f'{c} seed {s}' for c, s in unfinished)}; see the Ray Tune output "
+            "above); no winner written; rerun the same command to retry them")
 
 
 class ConfirmationIncomplete(RuntimeError):
@@ -626,10 +663,16 @@ def print_answer(best: dict[str, Any], out: Path, space: SearchSpace) -> None:
     for row in best.get("confirmed") or []:
         print(f"  full length {row.candidate.name:9s} val robust {row.robust} %, clean "
               f"{row.clean} % (seeds {row.seeds})")
-    if best.get("confirmed"):
-        print(f"confirmed winner: {best['confirmed'][0].candidate.name} (best.yaml)")
     print(f"report: {out / 'report.md'}\nthe long run with this schedule:\n"
           f"  python -m adr_scale.train --from-search {out} --out runs/{space.name}-long")
+    if best.get("confirmed"):
+        from adr_scale.confirm import verdict
+
+        win = best["confirmed"][0]
+        print(f"confirmed winner: {win.candidate.name} (best.yaml)")
+        for ref, test in (("AT", win.vs_at), ("paper", win.vs_paper)):
+            if ref != win.candidate.name:
+                print(f"  {verdict(win.candidate.name, ref, test, space.confirm_alpha)}")
 
 
 if __name__ == "__main__":

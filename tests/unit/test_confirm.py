@@ -6,14 +6,19 @@ import math
 import pytest
 
 from adr_scale.config import load_yaml
+import yaml
+
 from adr_scale.confirm import (
     pick_candidates,
+    plan_race,
+    race_cost,
     rank_correlation,
     report_section,
     summarise,
+    verdict,
     write_winner,
 )
-from adr_scale.search_space import load_space
+from adr_scale.search_space import load_space, parse_space
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +104,84 @@ def test_confirm_block_is_validated_in_one_line():
                                           r"range holding 0 .* or references: false"):
         parse_space(no_lambda)
     assert parse_space(no_lambda | {"references": False}).reference_points() == {}
+
+
+# -- the race ---------------------------------------------------------------------------------
+
+NAMES = ["paper", "AT", "search-1", "search-2"]
+SEEDS = [0, 1, 2, 3]
+# per-seed validation robust accuracy: search-1 leads, AT is close to it, paper and search-2 trail
+TRUTH = {"paper": [0.70, 0.71, 0.69, 0.70], "AT": [0.80, 0.82, 0.80, 0.83],
+         "search-1": [0.81, 0.82, 0.81, 0.83], "search-2": [0.60, 0.62, 0.61, 0.60]}
+
+
+def _scores(upto: dict[str, int]) -> dict[tuple[str, int], float]:
+    return {(c, s): TRUTH[c][i] for c, n in upto.items() for i, s in enumerate(SEEDS[:n])}
+
+
+def _play(min_seeds=2, alpha=0.05):
+    """Run the race to its end on TRUTH, as the driver does: (race, runs per round)."""
+    scores, rounds = {}, []
+    while True:
+        race = plan_race(NAMES, SEEDS, scores, min_seeds=min_seeds, alpha=alpha)
+        if race.decided:
+            return race, rounds
+        rounds.append(sorted(race.pending))
+        scores |= {(c, s): TRUTH[c][SEEDS.index(s)] for c, s in race.pending}
+
+
+def test_the_race_stops_clear_losers_and_adds_seeds_where_the_answer_is_open():
+    race, rounds = _play()
+    assert len(rounds[0]) == 8  # every candidate on seeds 0 and 1, at once
+    assert race.stopped["paper"].seeds == 2 and race.stopped["search-2"].seeds == 2
+    assert race.stopped["paper"].leader == "search-1"
+    assert race.stopped["search-2"].test.diff == pytest.approx(0.61 - 0.815)
+    assert rounds[1:] == [[("AT", 2), ("search-1", 2)], [("AT", 3), ("search-1", 3)]]
+    assert race.active == ["search-1", "AT"] and race.rounds == 4  # a tie at max seeds
+    assert race_cost(race, SEEDS, NAMES) == (12, 16)
+
+
+def test_the_grid_is_the_race_that_never_stops():
+    race, rounds = _play(min_seeds=4, alpha=0.0)
+    assert len(rounds) == 1 and len(rounds[0]) == 16 and race.stopped == {}
+    assert race.active[0] == "search-1" and race.active[-1] == "search-2"
+
+
+def test_a_race_resumes_from_a_half_finished_round():
+    done = _scores({"paper": 2, "AT": 2, "search-1": 2, "search-2": 2}) | {("AT", 2): 0.79}
+    race = plan_race(NAMES, SEEDS, done, min_seeds=2, alpha=0.05)
+    assert race.pending == [("search-1", 2)] and race.rounds == 2
+    first = plan_race(NAMES, SEEDS, _scores({"AT": 1, "paper": 2}), min_seeds=2, alpha=0.05)
+    assert sorted(first.pending) == sorted([("AT", 1), ("search-1", 0), ("search-1", 1),
+                                           ("search-2", 0), ("search-2", 1)])
+
+
+def test_the_race_ends_when_one_candidate_is_left():
+    clear = dict(TRUTH, AT=[0.70, 0.72, 0.71, 0.70])
+    scores = {(c, s): clear[c][i] for c in NAMES for i, s in enumerate(SEEDS)}
+    race = plan_race(NAMES, SEEDS, scores, min_seeds=2, alpha=0.05)
+    assert race.decided and race.active == ["search-1"] and race.rounds == 2
+    assert set(race.stopped) == {"paper", "AT", "search-2"}
+    assert race_cost(race, SEEDS, NAMES) == (8, 16)
+
+
+def test_the_race_report_rows_and_the_tie_wording(space, tmp_path):
+    cands = pick_candidates(space, [_trial(space, "t3", 0.5, 0.2, 0.60),
+                                    _trial(space, "t2", 0.4, 0.1, 0.55)])
+    race, _ = _play()
+    runs = {r: _rows(TRUTH[r[0]][SEEDS.index(r[1])]) for r in race.runs(SEEDS)}
+    rows = summarise(cands, SEEDS, runs, winner=race.active[0])
+    assert [r.candidate.name for r in rows][:2] == ["search-1", "AT"]
+    assert [len(r.seeds) for r in rows] == [4, 4, 2, 2]
+    space4 = parse_space(yaml.safe_load(open("search_spaces/smoke.yaml"))
+                         | {"confirm": {"top_k": 2, "seeds": 4}})
+    text = report_section(space4, rows, rank_correlation(rows), tmp_path, 60.0, race=race,
+                          seeds=SEEDS)
+    assert "| search-1 **(winner)** |" in text and "| winner |" in text
+    assert "| not separated from search-1 at 4 seeds |" in text  # AT
+    assert "stopped after 2 seeds: -11.00 vs search-1 (one-sided p" in text  # paper
+    assert "- search-1 vs AT: +0.50 points, a tie at 4 seeds (4 seeds, one-sided paired t, p" in text
+    assert "- search-1 beats paper by 11.00 points (2 seeds, one-sided paired t, p" in text
+    assert "- Full-length runs: 12 (180 epochs); every candidate on every one of the 4 seeds " \
+           "would be 16 (0.75 of it)." in text
+    assert verdict("x", "AT", None, 0.05) == "x vs AT: no seed in common"

@@ -72,7 +72,7 @@ def test_a_resumed_search_refuses_a_changed_budget_and_accepts_a_new_confirm_blo
     wider = parse_space(raw | {"confirm": {"top_k": 2, "seeds": 2}})
     _check_same_space(saved, _space_record(wider, 6))
     said = capsys.readouterr().out.splitlines()
-    assert said == ["resume: confirm_seeds changed from 3 to 2; applied",
+    assert said == ["resume: confirm_seeds changed from 4 to 2; applied",
                     "resume: confirm_top_k changed from 3 to 2; applied"]
 
 

@@ -208,6 +208,12 @@ def plot_study(out: Path, space: SearchSpace, optuna_url: str) -> dict[str, str]
     return skipped
 
 
+def _startup_note(space: SearchSpace, num_samples: int) -> str:
+    n = space.startup_count(num_samples)
+    return (f", its first {n} searched points from a scrambled Sobol sequence (seed "
+            f"{space.startup_seed()}) instead of TPE's random start-up" if n else "")
+
+
 def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str], out: Path) -> str:
     consumed = sum(t["epochs"] for t in trials)
     counts: dict[str, int] = {}
@@ -217,7 +223,7 @@ def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str],
     names = [p.field for p in space.params]
     how = (f"a PBT population mutating every {space.perturbation_interval} epochs (learned "
            "schedules in best.yaml's adr.segments)" if space.scheduler == "pbt"
-           else f"{space.sampler.upper()} sampler (seed {space.seed})")
+           else f"{space.sampler.upper()} sampler (seed {space.seed})" + _startup_note(space, len(trials)))
     lines = [
         f"# Search '{space.name}' ({space.source})",
         "",

@@ -37,6 +37,7 @@ TOP_KEYS = ("base", "budget", "confirm", "fixed", "long_run", "max_concurrent", 
             "search", "warm_start")
 LAMBDAS = ("adr.lambda_start", "adr.lambda_end")  # both 0: the rectified label is one-hot (AT)
 # Fields whose value may not exceed 1: an `above` gap is capped so the sum stays in range.
+TPE_STARTUP = 10  # Optuna's TPESampler default n_startup_trials: its random start-up
 FIELD_MAX = {"adr.lambda_start": 1.0, "adr.lambda_end": 1.0, "data.synthetic_fraction": 0.999,
              "adr.ema_decay": 0.9999}
 
@@ -167,14 +168,76 @@ class SearchSpace:
             if p.distribution == "categorical":
                 values[p.field] = trial.suggest_categorical(p.name, list(p.choices))
                 continue
-            low, high = p.low, p.high
-            if p.above and p.field in FIELD_MAX:  # keep base + gap within the field's range
-                high = max(low, min(high, FIELD_MAX[p.field] - values[p.above]))
+            low, high = p.low, _high(p, values)
             if p.distribution == "int":
                 raw = trial.suggest_int(p.name, int(low), int(high), step=p.step or 1)
             else:
                 raw = trial.suggest_float(p.name, low, high, log=p.distribution == "loguniform")
             values[p.field] = values[p.above] + raw if p.above else raw
+
+
+    def startup_count(self, num_samples: int) -> int:
+        """Searched points that are Sobol start-up points: those TPE would draw at random (its
+        first TPE_STARTUP), none under the random sampler or PBT."""
+        if self.sampler != "tpe" or self.scheduler == "pbt":
+            return 0
+        return max(0, min(num_samples - len(self.reference_points()), TPE_STARTUP))
+
+    def startup_seed(self) -> int:
+        """The Sobol scramble's seed, from the sampler seed, the space and the dataset it trains
+        on, so two datasets (or spaces) do not get the same start-up points."""
+        import hashlib
+
+        low = {p.name: p.choices[0] if p.distribution == "categorical" else p.low
+               for p in self.params}
+        data = self.trial_config(self.warm_start_params() or low).data
+        key = f"{self.seed}|{self.name}|{data.dataset}|{data.root}"
+        return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+
+    def startup_points(self, n: int, seed: int) -> list[dict[str, Any]]:
+        """`n` points of a scrambled Sobol sequence (seed `seed`) over the space, in Optuna's
+        parameter names: a small search's start-up points cover the space evenly instead of
+        being random draws (TPE's start-up)."""
+        if n <= 0 or not self.params:
+            return []
+        import warnings
+
+        from scipy.stats import qmc
+
+        with warnings.catch_warnings():  # a prefix of a 2^m sequence: balance is not needed
+            warnings.simplefilter("ignore")
+            unit = qmc.Sobol(d=len(self.params), scramble=True, seed=seed).random_base2(
+                max(0, math.ceil(math.log2(n))))[:n]
+        return [self._from_unit(dict(zip([p.name for p in self.params], u, strict=True)))
+                for u in unit]
+
+    def _from_unit(self, coords: dict[str, float]) -> dict[str, Any]:
+        """A point of the unit cube -> parameter values, as `suggest` would draw them (gaps capped
+        by their base's value)."""
+        values: dict[str, Any] = {}
+        out: dict[str, Any] = {}
+        for p in _dependency_order(self.params):
+            x = min(float(coords[p.name]), 1 - 1e-12)
+            if p.distribution == "categorical":
+                raw = p.choices[int(x * len(p.choices))]
+            elif p.distribution == "int":
+                step = p.step or 1
+                raw = int(p.low) + step * int(x * ((int(_high(p, values)) - int(p.low)) // step + 1))
+            elif p.distribution == "loguniform":
+                raw = math.exp(math.log(p.low) + x * (math.log(_high(p, values)) - math.log(p.low)))
+            else:
+                raw = p.low + x * (_high(p, values) - p.low)
+            out[p.name] = raw
+            values[p.field] = values[p.above] + raw if p.above else raw
+        return out
+
+
+def _high(p: Param, values: dict[str, Any]) -> float:
+    """The upper end of `p` given the fields drawn so far: a gap keeps base + gap within its
+    field's range."""
+    if p.above and p.field in FIELD_MAX:
+        return max(p.low, min(p.high, FIELD_MAX[p.field] - values[p.above]))
+    return p.high
 
 
 class DefineByRun:

@@ -229,7 +229,8 @@ def _pbt_domain(p):
 # The driver
 
 
-def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int | None):
+def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int | None,
+              num_samples: int):
     """Optuna's searcher, behind a ConcurrencyLimiter of `max_concurrent` (None: no limiter),
     inside the SearchGenerator that reconciles a restored search."""
     import optuna
@@ -240,11 +241,13 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int | None):
         metric, mode = [METRIC, CLEAN_METRIC], ["max", "max"]
     else:
         metric, mode = METRIC, "max"
+    points = _first_points(space, num_samples)
     sampler = (optuna.samplers.RandomSampler(seed=space.seed) if space.sampler == "random"
-               else optuna.samplers.TPESampler(seed=space.seed))
+               else optuna.samplers.TPESampler(seed=space.seed,  # TPE after the start-up points
+                                               n_startup_trials=max(len(points or []), 1)))
     searcher = OptunaSearch(
         space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler,
-        points_to_evaluate=_first_points(space), study_name=space.name,
+        points_to_evaluate=points, study_name=space.name,
         storage=optuna.storages.RDBStorage(optuna_url))
     from adr_scale.tune_resume import ResumableSearch
 
@@ -253,11 +256,16 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int | None):
     return ResumableSearch(searcher)
 
 
-def _first_points(space: SearchSpace) -> list[dict[str, Any]] | None:
-    """The references (the paper's schedule, plain AT) or the warm start, evaluated first."""
+def _first_points(space: SearchSpace, num_samples: int = 0) -> list[dict[str, Any]] | None:
+    """The references (the paper's schedule, plain AT) or the warm start, evaluated first; then,
+    under TPE, the start-up points (`startup_count`) from a scrambled Sobol sequence."""
     points = list(space.reference_points().values()) or (
         [space.warm_start_params()] if space.warm_start else [])
+    n = space.startup_count(num_samples)
+    points += space.startup_points(n, space.startup_seed()) if n else []
     return points or None
+
+
 
 
 def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None = None):
@@ -306,7 +314,7 @@ def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_conc
                                                      max_concurrent=max_concurrent),
                     scheduler=_scheduler(space), num_samples=num_samples)}
     searcher = _searcher(space, optuna_url,  # halving: no ConcurrencyLimiter (see above)
-                         None if space.scheduler == "halving" else max_concurrent)
+                         None if space.scheduler == "halving" else max_concurrent, num_samples)
     return {"tune_config": tune.TuneConfig(
         search_alg=searcher, scheduler=_scheduler(space, num_samples, state_dir),
         num_samples=num_samples)}

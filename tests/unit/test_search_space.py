@@ -191,3 +191,31 @@ def test_a_trial_without_a_result_since_a_restore_keeps_its_id_and_params(tmp_pa
     (trial / "params.json").write_text(json.dumps({"adr.tau_end": 2.0}))
     assert _trial_id_of(str(trial)) == "ab12cd34"
     assert _saved_params(str(trial)) == {"adr.tau_end": 2.0}
+
+
+def test_a_small_search_starts_from_sobol_points_seeded_per_dataset():
+    import optuna
+
+    from adr_scale.search_space import DefineByRun
+    from adr_scale.tune import _first_points
+
+    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    space = parse_space(raw)
+    assert space.startup_count(6) == 4 and space.startup_count(40) == 10
+    assert parse_space(raw | {"sampler": {"type": "random"}}).startup_count(6) == 0
+    points = _first_points(space, 6)
+    assert points[:2] == list(space.reference_points().values()) and len(points) == 6
+    sobol = points[2:]
+    assert sobol == space.startup_points(4, space.startup_seed())  # the same on every run
+    tau_end = sorted(p["adr.tau_end"] for p in sobol)  # U(1, 3): one point per quarter
+    assert [int((t - 1.0) / 0.5) for t in tau_end] == [0, 1, 2, 3]
+    assert all(p["adr.lambda_start"] + p["adr.lambda_end - adr.lambda_start"] <= 1.0
+               for p in space.startup_points(16, 7))  # gaps capped as suggest caps them
+    other = parse_space(raw | {"fixed": raw["fixed"] | {"data.root": "/data/other"}})
+    assert other.startup_seed() != space.startup_seed()
+    assert other.startup_points(4, other.startup_seed()) != sobol
+    study = optuna.create_study(direction="maximize")  # a real study takes each point as is
+    for p in sobol:
+        study.enqueue_trial(p)
+    study.optimize(lambda t: DefineByRun(space)(t) or 0.0, n_trials=4)
+    assert [t.params for t in study.trials] == sobol

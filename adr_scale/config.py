@@ -377,18 +377,36 @@ def load_yaml(path: str | Path, *, base: RunConfig | None = None) -> RunConfig:
     return validate(from_dict(raw or {}, base=base, source=str(path)))
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value), the value parsed as a YAML scalar (1e-3, true, null)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set: {item!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def attack_line(cfg: RunConfig) -> str:
+    """The attack budget a run trains and validates with, in one line (printed at every start:
+    eps is the field a user of a new dataset most needs to see)."""
+    def px(x: float) -> str:
+        k = x * 255
+        return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) else f"{x:g}"
+
+    a = cfg.attack
+    return (f"attack: Linf eps {px(a.eps)} ({a.eps:.4g}), PGD-{a.steps} step {px(a.alpha)} in "
+            f"training, PGD-{a.eval_steps} in validation, on {cfg.data.dataset}")
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply `a.b=value` strings; values are parsed as YAML scalars (1e-3, true, null, cifar10)."""
     nested: dict[str, Any] = {}
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set: {item!r} is not of the form section.key=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
+        key, value = parse_override(item)
         parts = key.split(".")
         if key == "seed":
             nested["seed"] = value

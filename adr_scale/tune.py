@@ -8,6 +8,8 @@ adds clean accuracy); the test set is never used.
 
 Examples:
   python -m adr_scale.tune --space search_spaces/smoke.yaml --out runs/search-smoke
+  python -m adr_scale.tune --space search_spaces/custom.yaml --set data.root=/data/mine \\
+      --set attack.eps=0.1                       # your own data: no file editing
   python -m adr_scale.tune --space search_spaces/cifar100.yaml --address auto --workers-per-trial 1 \\
       --gpus-per-worker 1 --max-concurrent 8 --storage-path s3://bucket/adr \\
       --optuna-storage postgresql://user@db/optuna --out runs/search-c100
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from adr_scale.cli import OneLineParser
-from adr_scale.config import ConfigError, to_dict
+from adr_scale.config import ConfigError, attack_line, to_dict
 from adr_scale.interrupt import Interrupted, StopSignals
 from adr_scale.runfiles import (
     is_finished,
@@ -58,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--space", default="search_spaces/smoke.yaml",
                         help="search space YAML (default: search_spaces/smoke.yaml)")
     parser.add_argument("--out", help="output directory (default: runs/search-<space name>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="FIELD=VALUE",
+                        help="a config field for every trial, confirmation run and best.yaml "
+                        "(repeatable), as in train: e.g. --set data.root=/data/mine; a field "
+                        "the space searches is refused")
     parser.add_argument("--num-samples", type=int, help="trials (default: the space's)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
     parser.add_argument("--workers-per-trial", type=int, default=1,
@@ -337,6 +344,29 @@ def _bounded(space: SearchSpace, trainable):
     return tune.with_resources(trainable, {"CPU": 1, SEARCH_SLOT: 1})
 
 
+def with_overrides(space: SearchSpace, overrides: list[str]) -> SearchSpace:
+    """The space with `--set FIELD=VALUE` added to its fixed fields (every trial, confirmation
+    run and best.yaml), checked as train checks them; a searched field cannot be fixed."""
+    import dataclasses
+
+    from adr_scale.config import apply_overrides, get_preset, parse_override
+
+    if not overrides:
+        return space
+    apply_overrides(get_preset(space.base), overrides)  # unknown fields and bad values: one line
+    fixed = dict(space.fixed)
+    searched = {p.field for p in space.params}
+    for item in overrides:
+        key, value = parse_override(item)
+        if key in searched:
+            raise ConfigError(f"--set: {key} is searched by {space.source}; allowed: a field the "
+                              f"space does not search (it searches {', '.join(sorted(searched))})")
+        fixed[key] = value
+    space = dataclasses.replace(space, fixed=fixed)
+    space.trial_config(space.warm_start_params() or _low_point(space))  # valid together
+    return space
+
+
 def check_args(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
     num = args.num_samples if args.num_samples is not None else space.num_samples
     conc = args.max_concurrent if args.max_concurrent is not None else space.max_concurrent
@@ -383,6 +413,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     restoring = tune.Tuner.can_restore(experiment)
     if resume and not restoring:  # refuse before starting Ray
         raise ConfigError(f"--resume: no search to resume in {experiment!r}")
+    print(attack_line(space.trial_config(space.warm_start_params() or _low_point(space))))
     record = _space_record(space, num_samples)
     if restoring:  # the same search, or a change that is safe to make mid-way
         _check_same_space(out / "space.json", record)
@@ -634,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with StopSignals() as stop:
         try:
-            space = load_space(args.space)
+            space = with_overrides(load_space(args.space), args.overrides)
             num, conc = check_args(args, space)
             out = Path(args.out or f"runs/search-{space.name}")
             with RunLock(out):  # one search per output directory; a file or read-only --out fails here

@@ -101,3 +101,21 @@ def test_a_candidate_without_a_finished_run_is_not_run_and_never_a_winner(space,
     with pytest.raises(ValueError, match="AT has no finished run"):
         write_winner(tmp_path / "best.yaml", space, at, base_seed=0)
     assert not (tmp_path / "best.yaml").exists()
+
+
+def test_set_applies_to_every_trial_and_best_yaml_and_refuses_bad_fields(tmp_path, capsys, space):
+    from adr_scale.tune import with_overrides
+
+    got = with_overrides(space, ["data.root=/data/mine", "attack.eps=0.1", "train.batch_size=32"])
+    params = space.warm_start_params()
+    for cfg in (got.trial_config(params), got.long_run_config(params)):
+        assert (cfg.data.root, cfg.attack.eps, cfg.train.batch_size) == ("/data/mine", 0.1, 32)
+    assert got.trial_config(params).train.epochs == 4  # the search fidelity still applies
+    assert got.startup_seed() != space.startup_seed()  # another dataset, other start-up points
+    for flag, message in (
+            ("data.bogus=1", "error: --set: unknown key 'data.bogus'; allowed in data: "),
+            ("adr.tau_end=1", "error: --set: adr.tau_end is searched by search_spaces/smoke.yaml"),
+            ("attack.eps=-1", "error: attack.eps: invalid value -1.0; allowed: a number in [0, 1]")):
+        code, err = _run(tmp_path, capsys, "--set", flag)
+        assert code == 2 and "\n" not in err and err.startswith(message), err
+    assert not (tmp_path / "out").exists()

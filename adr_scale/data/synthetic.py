@@ -108,7 +108,7 @@ class SyntheticSet:
                 raise ConfigError(f"data.synthetic_cache: cannot create {str(self.root)!r} "
                                   f"({exc.strerror}); allowed: a writable node-local directory"
                                   ) from None
-            with _lock(self.root / f"{self.digest}.lock"):
+            with build_lock(self.root / f"{self.digest}.lock"):
                 problem = self._problem()  # another process may have built it while we waited
                 if problem is not None:
                     if self.cache_path.exists():
@@ -344,8 +344,9 @@ def _to_device_in_chunks(array: np.ndarray, device: torch.device,
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path` (node-local); says once whom it waits for."""
+def build_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (node-local); says once whom it waits for. One builder per
+    node of a decoded cache: this one and adr_scale.data.generic's imagefolder cache."""
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:

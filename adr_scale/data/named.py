@@ -39,9 +39,11 @@ def _arrays(images: np.ndarray, labels: np.ndarray) -> ArrayDataset:
                         torch.from_numpy(labels.astype(np.int64)))
 
 
-def _check_labels(labels: np.ndarray, num_classes: int, path: Path, what: str) -> None:
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = int(labels[(labels < 0) | (labels >= num_classes)][0])
+def _check_labels(labels: np.ndarray, num_classes: int, path: Path, what: str, low: int = 0,
+                  ) -> None:
+    """Labels must lie in [low, num_classes); the first one outside is named."""
+    if len(labels) and (labels.min() < low or labels.max() >= num_classes):
+        bad = int(labels[(labels < low) | (labels >= num_classes)][0])
         raise ValueError(f"data.root: {str(path)!r} has label {bad}; allowed: {what}")
 
 
@@ -80,7 +82,7 @@ def _read_svhn(path: Path) -> ArrayDataset:
     import scipy.io
 
     try:
-        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+        mat = scipy.io.loadmat(path)
     except Exception as exc:  # noqa: BLE001 - scipy raises ValueError, TypeError, MatReadError ...
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
         raise ValueError(f"data.root: {str(path)!r} is not a readable .mat file ({why}); replace "
@@ -100,7 +102,7 @@ def _read_svhn(path: Path) -> ArrayDataset:
     if np.issubdtype(labels.dtype, np.floating) and not np.all(labels == np.round(labels)):
         raise ValueError(f"data.root: {str(path)!r} has non-integer labels in y")
     labels = labels.astype(np.int64)
-    _check_labels(labels - 1, 10, path, "1 to 10 (10 is the digit 0)")
+    _check_labels(labels, 11, path, "1 to 10 (10 is the digit 0)", low=1)
     labels[labels == 10] = 0
     return _arrays(x.transpose(3, 2, 0, 1), labels)  # (N, C, H, W)
 
@@ -173,7 +175,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     if len(raw) != start + int(np.prod(dims)):
         raise ValueError(f"data.root: {str(path)!r} has a header for {dims} "
                          f"({start + int(np.prod(dims))} bytes) but holds {len(raw)} bytes")
-    return np.frombuffer(raw, np.uint8, offset=start).reshape(dims)
+    return np.frombuffer(raw, np.uint8, offset=start).reshape(dims).copy()  # writable
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ def _read_stl10(x_path: Path, y_path: Path) -> ArrayDataset:
     if len(raw) % per_image or len(raw) // per_image != len(labels):
         raise ValueError(f"data.root: {str(x_path)!r} holds {len(raw)} bytes and {str(y_path)!r} "
                          f"{len(labels)} labels; expected {per_image} bytes (3x96x96) per label")
-    _check_labels(labels - 1, 10, y_path, "1 to 10")
+    _check_labels(labels, 11, y_path, "1 to 10", low=1)
     # Each image is stored channel by channel, every channel column-major: swap H and W.
     images = raw.reshape(-1, 3, _STL10_SIDE, _STL10_SIDE).transpose(0, 1, 3, 2)
     return _arrays(images, labels - 1)

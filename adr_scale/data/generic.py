@@ -200,8 +200,10 @@ class ImageFolderCache:
 
     def __init__(self, root: Path, splits: dict[str, tuple[list[Path], np.ndarray]], *,
                  size: int, channels: int, strict: bool, skip_bad: bool,
-                 cache_dir: str | None, workers: int | None = None) -> None:
+                 cache_dir: str | None, workers: int | None = None,
+                 task_images: int = _TASK_IMAGES) -> None:
         self.root, self.splits = root, splits
+        self.task_images = task_images
         self.size, self.channels, self.strict, self.skip_bad = size, channels, strict, skip_bad
         self.workers = workers
         key = {"format": CACHE_FORMAT, "size": size, "channels": channels, "strict": strict,
@@ -216,6 +218,7 @@ class ImageFolderCache:
         self.cache_root = Path(cache_dir) if cache_dir else root / ".adr_scale_cache"
         self.path = self.cache_root / f"imagefolder-{self.digest[:20]}"
         self.built = False  # whether this process built it
+        self.processes = 0  # decoding processes of the build (0: no build here)
 
     def _expected_bytes(self, meta: dict) -> dict[str, int]:
         per = self.channels * self.size * self.size
@@ -284,11 +287,11 @@ class ImageFolderCache:
                     f.truncate(len(paths) * int(np.prod(shape)))
                 labels.astype(np.int64).tofile(tmp / f"{split}_labels.i64")
                 files[split] = images
-                for start in range(0, len(paths), _TASK_IMAGES):
+                for start in range(0, len(paths), self.task_images):
                     tasks.append({"split": split, "images_file": str(images), "row": start,
                                   "shape": (len(paths), *shape), "strict": self.strict,
-                                  "paths": [str(p) for p in paths[start:start + _TASK_IMAGES]]})
-            bad = _run(tasks, self.workers, f"decode {self.root.name}")
+                                  "paths": [str(p) for p in paths[start:start + self.task_images]]})
+            bad, self.processes = _run(tasks, self.workers, f"decode {self.root.name}")
             skipped: dict[str, str] = {}
             counts = {}
             for split, (paths, labels) in self.splits.items():
@@ -321,9 +324,10 @@ class ImageFolderCache:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(tasks: list[dict], workers: int | None, desc: str) -> dict[str, dict[int, str]]:
+def _run(tasks: list[dict], workers: int | None, desc: str,
+         ) -> tuple[dict[str, dict[int, str]], int]:
     """decode_task over `tasks` in spawned worker processes (one per core, none for a small set);
-    returns {split: {row: why}} of the unreadable images."""
+    returns ({split: {row: why}} of the unreadable images, the processes that decoded)."""
     from tqdm.auto import tqdm
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -352,7 +356,7 @@ def _run(tasks: list[dict], workers: int | None, desc: str) -> dict[str, dict[in
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-    return bad
+    return bad, max(workers, 1)
 
 
 def _drop_rows(images: Path, labels: Path, n: int, rows: list[int], shape: tuple[int, ...]) -> int:

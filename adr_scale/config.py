@@ -832,4 +832,54 @@ def digits_overfit() -> RunConfig:
     return cfg
 
 
+# SVHN (Netzer et al. 2011): no ADR paper or official config; the common PGD-AT practice.
+def svhn_base() -> RunConfig:
+    """PGD-AT on SVHN's 73,257 training digits, ResNet-18, 200 epochs, batch 128, the piecewise
+    schedule (/10 at 50 % and 75 %), SGD momentum 0.9, weight decay 5e-4, eps 8/255, alpha
+    2/255, PGD-10 (Sec. 5.1's CIFAR protocol, which Rice et al. 2020 apply to SVHN too), with:
+
+    - optim.lr = 0.01: Rice et al. 2020 (robust overfitting, SVHN experiments) train SVHN PGD-AT
+      with a 10x smaller learning rate than CIFAR's 0.1, as most later SVHN AT work does.
+    - data.flip = false: a mirrored digit is another symbol; random crop (4 px) stays.
+    - No eps warm-up: this project has no field for one. Some SVHN recipes ramp eps (or the
+      learning rate) over the first epochs; without it, a first epoch whose robust accuracy stays
+      at chance is the sign to lower optim.lr further.
+    - ADR: CIFAR-10's tau 2.5 -> 2.0, lambda 0.7 -> 0.95 (Sec. 5.1; also 10 classes). The paper
+      reports no SVHN values: search_spaces/svhn.yaml searches them.
+    - AWP: gamma 0.005 (Wu et al. 2020, as Sec. 5.1) and SGD without Nesterov (the official AWP
+      optimizer, as for CIFAR)."""
+    cfg = RunConfig()
+    cfg.data.dataset = "svhn"
+    cfg.data.root = "data/svhn"
+    cfg.data.flip = False  # a mirrored digit is another symbol
+    cfg.model.arch = "resnet18"
+    cfg.optim.lr = 0.01  # Rice et al. 2020, SVHN
+    cfg.train.epochs = 200  # Rice et al. 2020 / Sec. 5.1
+    cfg.adr.tau_start, cfg.adr.tau_end = 2.5, 2.0  # CIFAR-10's, Sec. 5.1 (no SVHN values published)
+    cfg.adr.lambda_start, cfg.adr.lambda_end = 0.7, 0.95
+    return cfg
+
+
+def _svhn_variant(wa: bool, awp: bool, adr: bool) -> RunConfig:
+    cfg = svhn_base()
+    cfg.train.wa, cfg.awp.enabled, cfg.adr.enabled = wa, awp, adr
+    return _edit(cfg, _official_code(cfg))
+
+
+def _register_svhn() -> None:
+    """svhn_resnet18_at[_wa][_awp][_adr]: the CIFAR grid's names for SVHN (svhn_base's recipe)."""
+    for wa in (False, True):
+        for awp in (False, True):
+            for adr in (False, True):
+                name = ("svhn_resnet18_at" + ("_wa" if wa else "") + ("_awp" if awp else "")
+                        + ("_adr" if adr else ""))
+                fn = _make(_svhn_variant, (wa, awp, adr))
+                fn.__name__ = fn.__qualname__ = name
+                fn.__doc__ = (f"{_title('at', wa, awp, adr)} on SVHN, resnet18: "
+                              + (svhn_base.__doc__ or ""))
+                preset(fn, source="no official config (the ADR paper has no SVHN run; each "
+                       "value's source: adr_scale.config.svhn_base)")
+
+
 _register_paper_grid()
+_register_svhn()

@@ -216,3 +216,29 @@ def test_download_offline_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as exc:
         load_arrays("svhn", str(tmp_path), download=True)
     _one_line(exc, "data.download: could not fetch SVHN", "name resolution")
+
+
+# ----------------------------------------------------------------------------------------------
+# Declared statistics and the SVHN presets
+
+
+def test_tinyimagenet_uses_the_official_normalisation():
+    """yuyuwu5/ADR src/model/create_model.py: TINY_IMAGENET_MEAN / TINY_IMAGENET_STD."""
+    info = DATASET_INFO["tinyimagenet200"]
+    assert info.mean == (0.4802, 0.4481, 0.3975) and info.std == (0.2302, 0.2265, 0.2262)
+    for name, info in DATASET_INFO.items():
+        assert len(info.mean) == len(info.std) == info.in_channels, name
+
+
+def test_svhn_presets_follow_the_svhn_recipe():
+    from adr_scale.config import PRESETS, get_preset
+
+    names = sorted(n for n in PRESETS if n.startswith("svhn_"))
+    assert len(names) == 8 and "svhn_resnet18_at_wa_awp_adr" in names
+    for name in names:
+        cfg = get_preset(name)
+        assert (cfg.data.dataset, cfg.optim.lr, cfg.data.flip, cfg.train.epochs) == (
+            "svhn", 0.01, False, 200), name
+        assert cfg.adr.enabled == name.endswith("_adr") and cfg.awp.enabled == ("_awp" in name)
+        assert cfg.optim.nesterov == (not cfg.awp.enabled) and cfg.train.wa == ("_wa" in name)
+        assert "Rice et al. 2020" in PRESETS[name].__doc__

@@ -339,3 +339,16 @@ def test_resolve_data_fills_only_the_missing_fields():
     assert (out.class_names, out.channels, out.image_size, out.mean, out.std) == (
         ["a", "b"], 1, 4, [0.5], [0.25])
     assert resolve_data(get_preset("smoke"), info).data.mean is None  # named: unchanged
+
+
+def test_every_bundled_search_space_parses_and_the_dataset_ones_fit_their_data():
+    from adr_scale.search_space import load_space
+
+    spaces = {p.stem: load_space(p) for p in sorted(Path("search_spaces").glob("*.yaml"))}
+    assert {"svhn", "custom"} <= set(spaces)
+    svhn = spaces["svhn"].trial_config(spaces["svhn"].warm_start_params())
+    assert (svhn.data.dataset, svhn.optim.lr, svhn.train.epochs) == ("svhn", 0.01, 40)
+    custom = spaces["custom"].long_run_config(spaces["custom"].warm_start_params())
+    assert (custom.data.dataset, custom.data.image_size, custom.train.epochs) == (
+        "imagefolder", 32, 200)
+    assert abs(custom.attack.eps - 8 / 255) < 1e-6 and abs(custom.attack.alpha - 2 / 255) < 1e-6

@@ -210,7 +210,7 @@ class ImageFolderCache:
                "skip_bad": skip_bad, "files": {}}
         for split, (paths, labels) in splits.items():
             entries = []
-            for p, y in zip(paths, labels.tolist()):
+            for p, y in zip(paths, labels.tolist(), strict=True):
                 st = p.stat()
                 entries.append([str(p.relative_to(root)), y, st.st_size, st.st_mtime_ns])
             key["files"][split] = entries
@@ -294,7 +294,7 @@ class ImageFolderCache:
             bad, self.processes = _run(tasks, self.workers, f"decode {self.root.name}")
             skipped: dict[str, str] = {}
             counts = {}
-            for split, (paths, labels) in self.splits.items():
+            for split, (paths, _) in self.splits.items():
                 rows = sorted(bad.get(split, {}))
                 if rows and not self.skip_bad:
                     why = bad[split][rows[0]]
@@ -347,7 +347,7 @@ def _run(tasks: list[dict], workers: int | None, desc: str,
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             results = pool.map(decode_task, tasks)
         try:
-            for task, errors in zip(tasks, results):
+            for task, errors in zip(tasks, results, strict=True):
                 for row, why in errors:
                     bad.setdefault(task["split"], {})[row] = why
                 bar.update(len(task["paths"]))

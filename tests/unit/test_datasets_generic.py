@@ -290,7 +290,7 @@ def _digit_pngs(root: Path) -> None:
 
     bunch = load_digits()
     pixels = np.round(bunch.data * 255 / 16).astype(np.uint8).reshape(-1, 8, 8)
-    for i, (img, y) in enumerate(zip(pixels[:600], bunch.target[:600])):
+    for i, (img, y) in enumerate(zip(pixels[:600], bunch.target[:600], strict=True)):
         split = "test" if i % 5 == 0 else "train"
         folder = root / split / str(y)
         folder.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def test_svhn_reads_images_and_maps_label_10_to_0(tmp_path):
 
 
 def test_svhn_extra_is_added_to_train_only_with_the_flag(tmp_path):
-    data = _svhn_root(tmp_path, extra=True)
+    _svhn_root(tmp_path, extra=True)
     plain = load_splits(DataConfig(dataset="svhn", root=str(tmp_path), val_size=1))
     both = load_splits(DataConfig(dataset="svhn", root=str(tmp_path), val_size=1, svhn_extra=True))
     assert len(plain.train) + len(plain.val) == 5 and len(both.train) + len(both.val) == 9

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from adr_scale.config import ConfigError, RunConfig, from_dict, validate
-from adr_scale.data import DATASET_INFO, DatasetInfo
+from adr_scale.data import DatasetInfo, dataset_info
 from adr_scale.models import create_model
 
 CHECKPOINT_FORMAT = 1  # checkpoint_state's layout; another value is refused on load
@@ -93,7 +93,7 @@ def load_network(path: str | Path, which: str | None = None, flag: str = "--chec
     key = WEIGHTS_KEY[which]
     if key not in ckpt:
         raise ConfigError(f"--model: {str(path)!r} holds no {which!r} weights; allowed: student")
-    info = DATASET_INFO[cfg.data.dataset]
+    info = dataset_info(cfg.data)  # a generic form's classes and stats from its stored config
     model = build_model(cfg, info)
     _check_weights(model, ckpt[key], path, which, cfg.model.arch)
     bad = nonfinite_tensors(ckpt[key])

@@ -22,11 +22,13 @@ import yaml
 # The built-in names (config imports no torch, so it cannot ask the registries); a test keeps
 # them equal to adr_scale.models' registry and adr_scale.data's DATASET_INFO, and an architecture
 # registered later with @register_model is added by allow_name, so validation accepts it.
-DATASETS = ("cifar10", "cifar100", "digits", "tinyimagenet200")
+DATASETS = ("cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "stl10", "svhn",
+            "tinyimagenet200")
+GENERIC_DATASETS = ("imagefolder", "npz", "shards")  # a user's own data (adr_scale.data.generic)
 ARCHS = ("preact_resnet18", "preact_resnet18_dm", "resnet18", "tiny", "tiny_nonorm", "tiny_wide",
          "wrn28_10", "wrn34_10", "wrn34_10_dm")
 ACTIVATIONS = ("relu", "silu")
-_ALLOWED: dict[str, set[str]] = {"data.dataset": set(DATASETS), "model.arch": set(ARCHS),
+_ALLOWED: dict[str, set[str]] = {"data.dataset": set(DATASETS) | set(GENERIC_DATASETS), "model.arch": set(ARCHS),
                                  "model.activation": set(ACTIVATIONS)}
 
 
@@ -51,9 +53,22 @@ class ConfigError(ValueError):
 
 @dataclass(kw_only=True)
 class DataConfig:
-    dataset: str = "cifar10"  # one of DATASETS
+    dataset: str = "cifar10"  # one of DATASETS (named) or GENERIC_DATASETS (a user's own, docs/data.md)
     root: str = "data"  # directory holding the dataset in its standard on-disk layout
-    download: bool = False  # fetch CIFAR through torchvision when missing (needs internet)
+    download: bool = False  # fetch a named dataset through torchvision when missing (needs internet)
+    svhn_extra: bool = False  # svhn: add extra_32x32.mat (531,131 images) to the training split
+    image_size: int | None = None  # pixels; imagefolder: resize (shorter side) + centre-crop to it;
+    #                                None: from the data (resolved when loaded; sizes must agree)
+    channels: int | None = None  # 1 or 3; imagefolder: convert to it; None: from the data
+    #                              (imagefolder: 3, as torchvision's ImageFolder loader)
+    cache_dir: str | None = None  # imagefolder / shards decoded cache; None: <root>/.adr_scale_cache
+    #                               (imagefolder), <tmp>/adr-scale-synthetic-<uid> (shards)
+    skip_bad_images: bool = False  # generic forms: leave out (and count) unreadable images / shards
+    class_names: list[str] | None = None  # generic forms: class index -> name; None: resolved when
+    #                                       loaded (sorted folder names; "0".."K-1" for npz / shards)
+    mean: list[float] | None = None  # per channel, images in [0, 1]; None: the named dataset's
+    #                                  declared values, or computed on a generic training split
+    std: list[float] | None = None  # per channel (ddof=0); None: as mean
     val_size: int = 1000  # images carved from the training set for model selection (never the test set)
     train_size: int | None = None  # images trained on, drawn from the rest with split_seed;
     #                                None: all of them (fewer: robust overfitting on digits)
@@ -164,7 +179,43 @@ def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}: invalid value {value!r}; allowed: {allowed}")
 
 
-_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "digits": 8, "tinyimagenet200": 64}  # pixels
+_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "digits": 8, "tinyimagenet200": 64,  # pixels
+               "svhn": 32, "mnist": 28, "fashion_mnist": 28, "stl10": 96}
+_CHANNELS = {"cifar10": 3, "cifar100": 3, "digits": 1, "tinyimagenet200": 3, "svhn": 3, "mnist": 1,
+             "fashion_mnist": 1, "stl10": 3}
+
+
+def _data_checks(d: DataConfig) -> list[tuple[str, Any, bool, str]]:
+    """The checks of the dataset fields added with the generic forms (issue 23)."""
+    named_size, named_channels = _IMAGE_SIZE.get(d.dataset), _CHANNELS.get(d.dataset)
+    stats_ok = {k: v is None or (len(v) >= 1 and all(isinstance(x, float) for x in v))
+                for k, v in (("mean", d.mean), ("std", d.std))}
+    return [
+        ("data.svhn_extra", d.svhn_extra, not d.svhn_extra or d.dataset == "svhn",
+         "false unless data.dataset=svhn"),
+        ("data.image_size", d.image_size,
+         d.image_size is None or (d.image_size >= 1 and named_size in (None, d.image_size)),
+         "null or an integer >= 1" if named_size is None
+         else f"null or {named_size} ({d.dataset} is not resized)"),
+        ("data.channels", d.channels,
+         d.channels is None or (d.channels in (1, 3) and named_channels in (None, d.channels)),
+         "null, 1 or 3" if named_channels is None else f"null or {named_channels} ({d.dataset})"),
+        ("data.class_names", d.class_names,
+         d.class_names is None or (len(d.class_names) >= 1
+                                   and len(set(d.class_names)) == len(d.class_names)),
+         "null or a list of distinct names"),
+        ("data.mean", d.mean, stats_ok["mean"] and all(0.0 <= m <= 1.0 for m in d.mean or []),
+         "null or a list of numbers in [0, 1], one per channel"),
+        ("data.std", d.std, stats_ok["std"] and all(v > 0.0 for v in d.std or []),
+         "null or a list of numbers > 0, one per channel"),
+        ("data.std", d.std, (d.mean is None) == (d.std is None)
+         and (d.mean is None or len(d.mean) == len(d.std)),
+         "null with data.mean null, else a list as long as data.mean"),
+    ]
+
+
+def _padding_limit(d: DataConfig) -> int:
+    return _IMAGE_SIZE.get(d.dataset, d.image_size or 64)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -178,8 +229,9 @@ def validate(cfg: RunConfig) -> RunConfig:
          "null (all) or an integer >= 1"),
         ("data.synthetic_fraction", d.synthetic_fraction, 0.0 <= d.synthetic_fraction < 1.0,
          "a number in [0, 1)"),
-        ("data.crop_padding", d.crop_padding, 0 <= d.crop_padding <= _IMAGE_SIZE.get(d.dataset, 64),
-         f"an integer in [0, {_IMAGE_SIZE.get(d.dataset, 64)}] (the image size of {d.dataset})"),
+        ("data.crop_padding", d.crop_padding, 0 <= d.crop_padding <= _padding_limit(d),
+         f"an integer in [0, {_padding_limit(d)}] (the image size of {d.dataset})"),
+        *_data_checks(d),
         ("data.tar_reader", d.tar_reader, d.tar_reader in ("fast", "webdataset"),
          "fast, webdataset"),
         ("data.synthetic_device", d.synthetic_device, d.synthetic_device in ("cpu", "cuda"),
@@ -287,6 +339,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: invalid value {value!r}; allowed: a list, e.g. [a, b]")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -794,4 +850,54 @@ def digits_overfit() -> RunConfig:
     return cfg
 
 
+# SVHN (Netzer et al. 2011): no ADR paper or official config; the common PGD-AT practice.
+def svhn_base() -> RunConfig:
+    """PGD-AT on SVHN's 73,257 training digits, ResNet-18, 200 epochs, batch 128, the piecewise
+    schedule (/10 at 50 % and 75 %), SGD momentum 0.9, weight decay 5e-4, eps 8/255, alpha
+    2/255, PGD-10 (Sec. 5.1's CIFAR protocol, which Rice et al. 2020 apply to SVHN too), with:
+
+    - optim.lr = 0.01: Rice et al. 2020 (robust overfitting, SVHN experiments) train SVHN PGD-AT
+      with a 10x smaller learning rate than CIFAR's 0.1, as most later SVHN AT work does.
+    - data.flip = false: a mirrored digit is another symbol; random crop (4 px) stays.
+    - No eps warm-up: this project has no field for one. Some SVHN recipes ramp eps (or the
+      learning rate) over the first epochs; without it, a first epoch whose robust accuracy stays
+      at chance is the sign to lower optim.lr further.
+    - ADR: CIFAR-10's tau 2.5 -> 2.0, lambda 0.7 -> 0.95 (Sec. 5.1; also 10 classes). The paper
+      reports no SVHN values: search_spaces/svhn.yaml searches them.
+    - AWP: gamma 0.005 (Wu et al. 2020, as Sec. 5.1) and SGD without Nesterov (the official AWP
+      optimizer, as for CIFAR)."""
+    cfg = RunConfig()
+    cfg.data.dataset = "svhn"
+    cfg.data.root = "data/svhn"
+    cfg.data.flip = False  # a mirrored digit is another symbol
+    cfg.model.arch = "resnet18"
+    cfg.optim.lr = 0.01  # Rice et al. 2020, SVHN
+    cfg.train.epochs = 200  # Rice et al. 2020 / Sec. 5.1
+    cfg.adr.tau_start, cfg.adr.tau_end = 2.5, 2.0  # CIFAR-10's, Sec. 5.1 (no SVHN values published)
+    cfg.adr.lambda_start, cfg.adr.lambda_end = 0.7, 0.95
+    return cfg
+
+
+def _svhn_variant(wa: bool, awp: bool, adr: bool) -> RunConfig:
+    cfg = svhn_base()
+    cfg.train.wa, cfg.awp.enabled, cfg.adr.enabled = wa, awp, adr
+    return _edit(cfg, _official_code(cfg))
+
+
+def _register_svhn() -> None:
+    """svhn_resnet18_at[_wa][_awp][_adr]: the CIFAR grid's names for SVHN (svhn_base's recipe)."""
+    for wa in (False, True):
+        for awp in (False, True):
+            for adr in (False, True):
+                name = ("svhn_resnet18_at" + ("_wa" if wa else "") + ("_awp" if awp else "")
+                        + ("_adr" if adr else ""))
+                fn = _make(_svhn_variant, (wa, awp, adr))
+                fn.__name__ = fn.__qualname__ = name
+                fn.__doc__ = (f"{_title('at', wa, awp, adr)} on SVHN, resnet18: "
+                              + (svhn_base.__doc__ or ""))
+                preset(fn, source="no official config (the ADR paper has no SVHN run; each "
+                       "value's source: adr_scale.config.svhn_base)")
+
+
 _register_paper_grid()
+_register_svhn()

@@ -42,10 +42,12 @@ from adr_scale.data import (
     eval_batches,
     load_splits,
     real_stream_batches,
+    resolve_data,
     steps_per_epoch,
     to_float,
     train_batches,
 )
+from adr_scale.data.loader import inherit_data
 from adr_scale.distributed import (
     all_sum,
     average_gradients,
@@ -569,10 +571,13 @@ def newest_readable_checkpoint(run: RunDir) -> tuple[Path, dict[str, Any]] | Non
 def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
          splits: Splits | None) -> dict[str, Any]:
     out = run.path
+    latest = newest_readable_checkpoint(run)
+    if latest is not None:  # a resumed run keeps the data statistics and classes it stored
+        cfg = inherit_data(cfg, latest[1]["config"])
     splits = splits or load_splits(cfg.data)  # bad roots fail here, before anything is written
+    cfg = resolve_data(cfg, splits.info)  # a generic form's classes, shape, stats: into config.yaml
     device = resolve_device(cfg.train.device)
     synthetic = open_synthetic(cfg, splits.info, device=device)
-    latest = newest_readable_checkpoint(run)
     if latest is not None:  # the checkpoint's own config is the one that counts (config.yaml
         run.check_config(latest[1]["config"], cfg, latest[0].name)  # may be gone or replaced)
     run.prepare(cfg, {"executor": "process"})

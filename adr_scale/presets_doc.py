@@ -140,7 +140,10 @@ in brackets. A dot: the field does nothing here (ADR or AWP off, not TRADES).
   The official synthetic loader is an `itertools.cycle`, which replays identical batches after one
   pass; here draws are uniform with replacement.
 - Model selection: the official trainer picks checkpoints on the test set; here on a validation
-  split carved from the training set.
+  split carved from the training set. With the default `data.val_size=1000` that leaves 49,000
+  CIFAR-10 / CIFAR-100 training images and 382 full batches of 128 per epoch where the official
+  runs train on 50,000 images in 390 (TinyImageNet-200: 99,000 images and 773 steps against
+  100,000 and 781), so an epoch, and the schedules over them, are about 2 % (1 %) shorter here.
 - Initialisation: the official networks keep PyTorch's defaults; `resnet18` and `wrn34_10` here
   use Kaiming-normal (fan-out) convolutions, the `_dm` networks PyTorch's defaults.
 - `config/tiny-imagenet/resnet18_pgd_sgd_adr.gin` misspells `tmperature_low`, which gin refuses to
@@ -148,6 +151,17 @@ in brackets. A dot: the field does nothing here (ADR or AWP off, not TRADES).
   preset.
 - WRN-34-10 with TRADES has no gin file: those presets take the paper's values and the official
   code's behaviour above.
+
+## Normalisation
+
+The networks subtract a per-channel mean and divide by a std (persistent buffers, so a checkpoint
+keeps the values it was trained with). CIFAR-10 / CIFAR-100 use the official code's values, which
+are the training sets' statistics. TinyImageNet-200 uses the official code's mean (0.4802, 0.4481,
+0.3975) and std (0.2302, 0.2265, 0.2262) (`src/model/create_model.py`), which the presets
+reproduce; this project divided by the also commonly cited std (0.2770, 0.2691, 0.2821) before,
+which moves the logits of the same weights by about 21 %. The SVHN presets (no official
+counterpart) use SVHN's commonly cited training-set statistics; see docs/data.md for every
+dataset's values and their sources.
 
 ## Table
 

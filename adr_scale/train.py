@@ -467,12 +467,13 @@ def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float =
     """Train `cfg` on Ray Train with `workers` ranks; the run directory `out` is kept current."""
     import json
 
-    from adr_scale.data import load_splits
+    from adr_scale.data import load_splits, resolve_data
     from adr_scale.engine import open_synthetic, schedule_length
     from adr_scale.rundir import RunDir
 
     check_scaling(cfg, workers, gpus_per_worker, max_failures)
     splits = load_splits(cfg.data)  # a bad root fails here, before anything is written
+    cfg = resolve_data(cfg, splits.info)  # a generic form's classes and stats, for every worker
     # mixing sizes and the manifest here; the workers build the node's decoded cache
     open_synthetic(cfg, splits.info, 0, max(workers, 1), check_only=True,
                    device="cuda" if gpus_per_worker > 0 else "cpu")

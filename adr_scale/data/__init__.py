@@ -4,10 +4,12 @@ from adr_scale.data.datasets import DATASET_INFO, ArrayDataset, DatasetInfo, loa
 from adr_scale.data.loader import (
     Splits,
     augment,
+    dataset_info,
     epoch_permutation,
     eval_batches,
     load_splits,
     real_stream_batches,
+    resolve_data,
     split_validation,
     steps_per_epoch,
     to_float,
@@ -15,7 +17,8 @@ from adr_scale.data.loader import (
 )
 
 __all__ = [
-    "DATASET_INFO", "ArrayDataset", "DatasetInfo", "Splits", "augment", "epoch_permutation",
-    "eval_batches", "load_arrays", "load_splits", "real_stream_batches", "split_validation", "steps_per_epoch",
+    "DATASET_INFO", "ArrayDataset", "DatasetInfo", "Splits", "augment", "dataset_info",
+    "epoch_permutation",
+    "eval_batches", "load_arrays", "load_splits", "real_stream_batches", "resolve_data", "split_validation", "steps_per_epoch",
     "to_float", "train_batches",
 ]

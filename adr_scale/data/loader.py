@@ -7,12 +7,13 @@ order of an epoch is a pure function of (seed, epoch), so a resumed run sees the
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from adr_scale.config import ConfigError, DataConfig
+from adr_scale.config import GENERIC_DATASETS, ConfigError, DataConfig, RunConfig, from_dict
 from adr_scale.data.datasets import DATASET_INFO, ArrayDataset, DatasetInfo, load_arrays
 
 
@@ -43,18 +44,91 @@ def split_validation(train: ArrayDataset, val_size: int, split_seed: int,
 
 
 def load_splits(cfg: DataConfig) -> Splits:
-    """Read the dataset named by `cfg` and split it; every user error is a one-line ConfigError."""
-    if cfg.dataset not in DATASET_INFO:
+    """Read the dataset named by `cfg` and split it; every user error is a one-line ConfigError.
+
+    `info` is resolved: a generic form's classes, shape and statistics come from the data (or
+    from `cfg` where set: a resumed run's or a checkpoint's config); `resolve_data` writes them
+    into the run's config."""
+    if cfg.dataset not in DATASET_INFO and cfg.dataset not in GENERIC_DATASETS:
         raise ConfigError(f"data.dataset: unknown dataset {cfg.dataset!r}; allowed: "
-                          + ", ".join(sorted(DATASET_INFO)))
+                          + ", ".join(sorted([*DATASET_INFO, *GENERIC_DATASETS])))
     try:
-        full_train, test = load_arrays(cfg.dataset, cfg.root, cfg.download)
+        if cfg.dataset in GENERIC_DATASETS:
+            from adr_scale.data.generic import load_generic
+
+            loaded = load_generic(cfg)
+            full_train, test, info = loaded.train, loaded.test, loaded.info
+            if loaded.stats_computed:  # once per run: a resumed run reads them from its config
+                print(f"{cfg.dataset} {cfg.root}: {info.num_classes} classes, "
+                      f"{info.in_channels}x{info.image_size}x{info.image_size}, training split of "
+                      f"{len(full_train)} images: mean {_fmt(info.mean)} std {_fmt(info.std)}",
+                      file=sys.stderr, flush=True)
+        else:
+            full_train, test = load_arrays(cfg.dataset, cfg.root, cfg.download,
+                                           svhn_extra=cfg.svhn_extra)
+            info = dataset_info(cfg)
     except ConfigError:
         raise
     except ValueError as exc:  # the readers name data.root and what they expected
         raise ConfigError(str(exc)) from None
     train, val = split_validation(full_train, cfg.val_size, cfg.split_seed, cfg.train_size)
-    return Splits(train=train, val=val, test=test, info=DATASET_INFO[cfg.dataset])
+    return Splits(train=train, val=val, test=test, info=info)
+
+
+RESOLVED_FIELDS = ("class_names", "channels", "image_size", "mean", "std")
+
+
+def inherit_data(cfg: RunConfig, stored: dict) -> RunConfig:
+    """`cfg` with the resolved data fields it leaves None taken from a stored config dict (a
+    checkpoint's): a resumed run keeps the statistics and classes it started with."""
+    if cfg.data.dataset not in GENERIC_DATASETS or stored.get("data", {}).get("dataset") != cfg.data.dataset:
+        return cfg
+    given = {k: stored["data"][k] for k in RESOLVED_FIELDS
+             if getattr(cfg.data, k) is None and stored["data"].get(k) is not None}
+    return from_dict({"data": given}, base=cfg, source="checkpoint config") if given else cfg
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """The DatasetInfo a network of a run with data config `cfg` is built for, without reading
+    images where the config holds it: a named dataset's declaration (data.mean / data.std
+    override its statistics), a generic form's resolved fields (see resolve_data); a generic
+    config that was never resolved (e.g. a trial of a search) is resolved by loading the data."""
+    if cfg.dataset in DATASET_INFO:
+        info = DATASET_INFO[cfg.dataset]
+        if cfg.mean is not None and cfg.std is not None:
+            if len(cfg.mean) != info.in_channels:
+                raise ConfigError(f"data.mean: {cfg.mean} has {len(cfg.mean)} values; "
+                                  f"{cfg.dataset} has {info.in_channels} channels")
+            info = replace(info, mean=tuple(cfg.mean), std=tuple(cfg.std))
+        return info
+    if None in (cfg.class_names, cfg.channels, cfg.image_size, cfg.mean, cfg.std):
+        return load_splits(cfg).info
+    if len(cfg.mean) != cfg.channels:
+        raise ConfigError(f"data.mean: {cfg.mean} has {len(cfg.mean)} values; data.channels is "
+                          f"{cfg.channels}")
+    return DatasetInfo(num_classes=len(cfg.class_names), in_channels=cfg.channels,
+                       image_size=cfg.image_size, mean=tuple(cfg.mean), std=tuple(cfg.std),
+                       class_names=tuple(cfg.class_names))
+
+
+def resolve_data(cfg: RunConfig, info: DatasetInfo) -> RunConfig:
+    """`cfg` with a generic form's data fields that were None filled from `info` (the values the
+    data gave), so the run's config.yaml and checkpoints carry them; a named dataset's config is
+    returned unchanged (its DATASET_INFO entry is the record)."""
+    d = cfg.data
+    if d.dataset not in GENERIC_DATASETS:
+        return cfg
+    data = replace(d, class_names=d.class_names if d.class_names is not None
+                   else list(info.class_names),
+                   channels=d.channels or info.in_channels,
+                   image_size=d.image_size or info.image_size,
+                   mean=d.mean if d.mean is not None else list(info.mean),
+                   std=d.std if d.std is not None else list(info.std))
+    return replace(cfg, data=data)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

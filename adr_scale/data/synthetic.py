@@ -111,7 +111,7 @@ class SyntheticSet:
     def _open(self, tar_reader: str, workers: int | None, progress: bool) -> None:
         if (self._problem() or self._damage()) is not None:
             self._make_root()
-            with _lock(self._lock_path()):
+            with build_lock(self._lock_path()):
                 # another process may have built it while we waited
                 problem = self._problem() or self._damage()
                 if problem is not None:
@@ -455,8 +455,9 @@ def _to_device_in_chunks(array: np.ndarray, device: torch.device,
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path` (node-local); says once whom it waits for."""
+def build_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (node-local); says once whom it waits for. One builder per
+    node of a decoded cache: this one and adr_scale.data.generic's imagefolder cache."""
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:

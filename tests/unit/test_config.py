@@ -68,7 +68,7 @@ def test_overrides_parse_yaml_scalars():
     ("adr.lambda_start=1.5", r"adr.lambda_start: invalid value 1.5; allowed: a number in \[0, 1\]"),
     ("adr.lambda_end=-0.1", r"adr.lambda_end: invalid value -0.1"),
     ("model.arch=vgg", r"model.arch: invalid value 'vgg'; allowed: .*resnet18"),
-    ("data.dataset=mnist", r"data.dataset: invalid value 'mnist'; allowed: cifar10, cifar100"),
+    ("data.dataset=imagenet", r"data.dataset: invalid value 'imagenet'; allowed: cifar10, cifar100, digits, fashion_mnist, imagefolder"),
     ("train.method=mart", r"train.method: invalid value 'mart'; allowed: at, standard, trades"),
     ("optim.schedule=step", r"optim.schedule: invalid value 'step'"),
     ("adr.nope=1", r"unknown key 'adr.nope'; allowed in adr: "),

@@ -291,7 +291,8 @@ def test_digits_mean_and_std_match_the_data() -> None:
 
 
 def test_dataset_info_agrees_with_loaders() -> None:
-    assert set(DATASET_INFO) == {"cifar10", "cifar100", "tinyimagenet200", "digits"}
+    assert set(DATASET_INFO) == {"cifar10", "cifar100", "tinyimagenet200", "digits", "svhn",
+                                 "mnist", "fashion_mnist", "stl10"}
     for info in DATASET_INFO.values():
         assert len(info.mean) == len(info.std) == info.in_channels
     train, _ = load_arrays("digits", "unused", download=False)
@@ -304,5 +305,6 @@ def test_unknown_dataset_names_the_choices() -> None:
     with pytest.raises(ValueError) as info:
         load_arrays("x", "unused", download=False)
     assert str(info.value) == (
-        "data.dataset: unknown dataset 'x'; allowed: cifar10, cifar100, digits, tinyimagenet200"
+        "data.dataset: unknown dataset 'x'; allowed: cifar10, cifar100, digits, fashion_mnist, "
+        "mnist, stl10, svhn, tinyimagenet200"
     )

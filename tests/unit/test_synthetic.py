@@ -135,7 +135,7 @@ def test_cache_is_built_once_for_two_concurrent_processes(shards, tmp_path):
     """Both processes queue on the lock (held here first); one builds, the other maps its result."""
     import hashlib
 
-    from adr_scale.data.synthetic import _lock
+    from adr_scale.data.synthetic import build_lock
 
     code = ("import hashlib; from adr_scale.data.synthetic import SyntheticSet; "
             f"s = SyntheticSet({str(shards[0])!r}, {str(tmp_path / 'cache')!r}, workers=1, progress=False); "
@@ -143,7 +143,7 @@ def test_cache_is_built_once_for_two_concurrent_processes(shards, tmp_path):
     digest = hashlib.sha256((shards[0] / "manifest.parquet").read_bytes()).hexdigest()
     (tmp_path / "cache").mkdir()
     errs = [tmp_path / f"err{i}" for i in range(2)]
-    with _lock(tmp_path / "cache" / f"{digest}.lock"):
+    with build_lock(tmp_path / "cache" / f"{digest}.lock"):
         procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                                   stderr=open(err, "w")) for err in errs]
         deadline = time.monotonic() + 120

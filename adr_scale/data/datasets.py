@@ -12,7 +12,6 @@ import warnings
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,30 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-
-@dataclass(frozen=True)
-class ArrayDataset:
-    images: torch.Tensor  # (N, C, H, W) uint8, contiguous
-    labels: torch.Tensor  # (N,) int64
-
-    def __post_init__(self) -> None:
-        assert self.images.dtype == torch.uint8 and self.images.ndim == 4
-        assert self.images.is_contiguous()
-        assert self.labels.dtype == torch.int64 and self.labels.shape == (len(self.images),)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    num_classes: int
-    in_channels: int
-    image_size: int  # pixels, square images
-    mean: tuple[float, ...]  # per channel, of images scaled to [0, 1]
-    std: tuple[float, ...]  # per channel, of images scaled to [0, 1]
-    class_names: tuple[str, ...] | None = None  # generic forms: class index -> name
-
+from adr_scale.data.arrays import ArrayDataset, DatasetInfo
 
 DATASET_INFO: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo(

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from adr_scale.config import ConfigError, DataConfig
-from adr_scale.data.datasets import ArrayDataset, DatasetInfo
+from adr_scale.data.arrays import ArrayDataset, DatasetInfo
 from adr_scale.image_decode import IMAGE_EXTENSIONS, decode_task, first_size
 
 GENERIC_FORMS = ("imagefolder", "npz", "shards")

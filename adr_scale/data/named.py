@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adr_scale.data.datasets import ArrayDataset
+from adr_scale.data.arrays import ArrayDataset
 
 # ----------------------------------------------------------------------------------------------
 # Fetching through torchvision (data.download=true)

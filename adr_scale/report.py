@@ -44,7 +44,7 @@ def summarize(rows: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
         "robust_overfitting_gap": best["val_robust_acc"] - final["val_robust_acc"],
         "steps": rows[-1]["step"],
         "train_seconds": round(sum(r["seconds"] for r in rows), 1),
-    }
+    } | ({"class_names": list(cfg.data.class_names)} if cfg.data.class_names else {})
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

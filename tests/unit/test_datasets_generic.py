@@ -320,6 +320,7 @@ def test_one_epoch_on_an_imagefolder_of_digits_and_its_checkpoint(tmp_path):
     meta_file.write_text(json.dumps(meta | {"mean": [0.9], "std": [0.9]}))
     summary = fit(cfg, tmp_path / "run", progress=False)
     assert summary["final_epoch"] == 2
+    assert summary["class_names"] == [str(d) for d in range(10)]  # also in summary.json
     net = load_network(tmp_path / "run/final.pt")
     head = [m for m in net.module.modules() if isinstance(m, torch.nn.Linear)][-1]
     assert head.out_features == 10 and net.info.num_classes == 10

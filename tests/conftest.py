@@ -28,3 +28,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_digit_pngs(root, count: int = 600) -> None:
+    """scikit-learn's bundled digits (8x8 grey) written as an ImageFolder: root/train/<digit>/,
+    and every fifth image in root/test/<digit>/."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.round(bunch.data * 255 / 16).astype(np.uint8).reshape(-1, 8, 8)
+    for i, (img, y) in enumerate(zip(pixels[:count], bunch.target[:count], strict=True)):
+        folder = root / ("test" if i % 5 == 0 else "train") / str(y)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:04d}.png")

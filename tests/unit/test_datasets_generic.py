@@ -18,6 +18,7 @@ from PIL import Image
 from adr_scale.config import ConfigError, DataConfig, apply_overrides, get_preset
 from adr_scale.data import dataset_info, load_splits, resolve_data
 from adr_scale.data.generic import ImageFolderCache, channel_stats, load_generic
+from tests.conftest import write_digit_pngs
 
 
 def _one_line(exc: pytest.ExceptionInfo, *parts: str) -> str:
@@ -284,25 +285,12 @@ def test_shards_read_through_the_synthetic_cache(tmp_path):
 # The run: config holds the resolved values; training, checkpoint, resume and evaluation agree
 
 
-def _digit_pngs(root: Path) -> None:
-    """scikit-learn's bundled digits (8x8 grey) written as PNG class folders 0..9."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    pixels = np.round(bunch.data * 255 / 16).astype(np.uint8).reshape(-1, 8, 8)
-    for i, (img, y) in enumerate(zip(pixels[:600], bunch.target[:600], strict=True)):
-        split = "test" if i % 5 == 0 else "train"
-        folder = root / split / str(y)
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(folder / f"{i:04d}.png")
-
-
 def test_one_epoch_on_an_imagefolder_of_digits_and_its_checkpoint(tmp_path):
     from adr_scale.checkpoint import config_of, load_checkpoint, load_network
     from adr_scale.engine import fit
     from adr_scale.evaluate.checkpoint import load_test_set
 
-    _digit_pngs(tmp_path / "digits")
+    write_digit_pngs(tmp_path / "digits")
     cfg = apply_overrides(get_preset("smoke"), [
         "data.dataset=imagefolder", f"data.root={tmp_path / 'digits'}", "data.channels=1",
         "data.val_size=50", "train.epochs=2", "attack.steps=1", "attack.eval_steps=1"])

@@ -32,7 +32,7 @@ DISTRIBUTIONS = ("categorical", "int", "loguniform", "uniform")
 OBJECTIVES = ("pareto", "robust")
 SAMPLERS = ("random", "tpe")
 SCHEDULERS = ("asha", "halving", "none", "pbt")
-TOP_KEYS = ("base", "budget", "confirm", "fixed", "long_run", "max_concurrent", "name",
+TOP_KEYS = ("base", "budget", "confirm", "fixed", "long_run", "max_concurrent", "name", "note",
             "num_samples", "objective", "params", "pbt", "references", "sampler", "scheduler",
             "search", "warm_start")
 LAMBDAS = ("adr.lambda_start", "adr.lambda_end")  # both 0: the rectified label is one-hot (AT)
@@ -89,6 +89,7 @@ class SearchSpace:
     confirm_min_seeds: int = 2  # race: seeds every candidate runs before any stops
     confirm_alpha: float = 0.05  # race: one-sided paired t level at which a candidate stops
     confirm_concurrent: int | None = None  # full-length runs at once (None: max_concurrent)
+    note: str = ""  # one line the command prints last (what the setting was built to show)
     source: str = "<space>"
 
     # -- materialising configs ------------------------------------------------------------
@@ -343,6 +344,12 @@ def _positive_int(source: str, key: str, value: Any) -> int:
     return value
 
 
+def _note(source: str, value: Any) -> str:
+    if not isinstance(value, str) or "\n" in value.strip():
+        _fail(source, f"note: invalid value {value!r}; allowed: one line of text")
+    return value.strip()
+
+
 def _boolean(source: str, key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         _fail(source, f"{key}: invalid value {value!r}; allowed: true, false")
@@ -473,6 +480,7 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
         num_samples=_positive_int(source, "num_samples", raw.get("num_samples", 8)),
         max_concurrent=_positive_int(source, "max_concurrent", raw.get("max_concurrent", 2)),
         references=_boolean(source, "references", raw.get("references", True)),
+        note=_note(source, raw.get("note", "")),
         **_parse_confirm(source, raw.get("confirm")),
         source=source,
     )

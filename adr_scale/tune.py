@@ -503,7 +503,7 @@ def _check_same_space(path: Path, record: dict[str, Any]) -> None:
 
 
 RESUMABLE_CHANGES = ("confirm_top_k", "confirm_mode", "confirm_seeds", "confirm_min_seeds",
-                     "confirm_alpha", "confirm_concurrent", "max_concurrent",
+                     "confirm_alpha", "confirm_concurrent", "max_concurrent", "note",
                      )  # fields a resumed search may change: not what a trial trains
 
 
@@ -712,6 +712,8 @@ def print_answer(best: dict[str, Any], out: Path, space: SearchSpace) -> None:
         for ref, test in (("AT", win.vs_at), ("paper", win.vs_paper)):
             if ref != win.candidate.name:
                 print(f"  {verdict(win.candidate.name, ref, test, space.confirm_alpha)}")
+    if space.note:
+        print(space.note)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_a_search_on_an_imagefolder_set_from_the_command_line_and_its_evaluation(tmp_path):
     data = tmp_path / "digits"
     write_digit_pngs(data)
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))  # the space names no dataset
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))  # the space names no dataset
     raw |= {"budget": {"epochs": 1}, "num_samples": 3, "max_concurrent": 2,
             "scheduler": {"type": "none"}, "confirm": {"top_k": 0},
             "long_run": {"train.epochs": 1}}

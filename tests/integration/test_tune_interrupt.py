@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _space(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     raw |= {"budget": {"epochs": 1}, "num_samples": 4, "max_concurrent": 2, "scheduler": {"type": "none"},
             "confirm": {"mode": "grid", "top_k": 1, "seeds": 1, "max_concurrent": 2},
             "long_run": {"train.epochs": 2}}

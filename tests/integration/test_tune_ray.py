@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _space(tmp_path, *, epochs, samples, lr=False, confirm=None, long_epochs=15):
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     raw["budget"] = {"epochs": epochs}
     raw["confirm"] = confirm or {"top_k": 0}  # the confirmation stage only where it is tested
     raw["long_run"] = {"train.epochs": long_epochs}

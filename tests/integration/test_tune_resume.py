@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _space(tmp_path, *, scheduler=None, epochs=1):
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     raw |= {"budget": {"epochs": epochs}, "confirm": {"top_k": 0}, "num_samples": 2,
             "max_concurrent": 1}
     if scheduler:

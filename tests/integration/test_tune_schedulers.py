@@ -56,7 +56,7 @@ def test_pbt_exploits_and_best_yaml_replays_the_winners_schedule(tmp_path):
     from adr_scale.config import validate
     from adr_scale.schedules import format_segments
 
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     raw |= {"name": "smoke-pbt", "budget": {"epochs": 3}, "num_samples": 2, "max_concurrent": 2,
             "confirm": {"top_k": 0}, "long_run": {"train.epochs": 3},  # replay at the same steps
             "scheduler": {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
@@ -105,7 +105,7 @@ def test_pbt_exploits_and_best_yaml_replays_the_winners_schedule(tmp_path):
 
 
 def _halving_space(tmp_path) -> Path:
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     raw["fixed"]["data.train_size"] = 128  # 2 steps an epoch: the rung logic is under test
     # one rung, at epoch 1 of 3: a trial's Train run ends there and Tune decides with none up
     raw |= {"name": "smoke-sh", "budget": {"epochs": 3}, "num_samples": 3, "max_concurrent": 1,

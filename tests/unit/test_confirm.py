@@ -4,10 +4,9 @@ differences, the rank correlation, best.yaml and the report table."""
 import math
 
 import pytest
-
-from adr_scale.config import load_yaml
 import yaml
 
+from adr_scale.config import load_yaml
 from adr_scale.confirm import (
     pick_candidates,
     plan_race,
@@ -23,7 +22,7 @@ from adr_scale.search_space import load_space, parse_space
 
 @pytest.fixture(scope="module")
 def space():
-    return load_space("search_spaces/smoke.yaml")
+    return load_space("tests/assets/ci_space.yaml")
 
 
 def _trial(space, trial_id, lam_start, gap, score):
@@ -88,7 +87,7 @@ def test_confirm_block_is_validated_in_one_line():
     from adr_scale.config import ConfigError
     from adr_scale.search_space import parse_space
 
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     space = parse_space(raw | {"confirm": {"top_k": 1, "seeds": 2, "max_concurrent": 4}})
     assert (space.confirm_top_k, space.confirm_seeds, space.confirm_concurrent) == (1, 2, 4)
     assert parse_space(raw).confirm_concurrent is None  # the search's max_concurrent
@@ -173,7 +172,7 @@ def test_the_race_report_rows_and_the_tie_wording(space, tmp_path):
     rows = summarise(cands, SEEDS, runs, winner=race.active[0])
     assert [r.candidate.name for r in rows][:2] == ["search-1", "AT"]
     assert [len(r.seeds) for r in rows] == [4, 4, 2, 2]
-    space4 = parse_space(yaml.safe_load(open("search_spaces/smoke.yaml"))
+    space4 = parse_space(yaml.safe_load(open("tests/assets/ci_space.yaml"))
                          | {"confirm": {"top_k": 2, "seeds": 4}})
     text = report_section(space4, rows, rank_correlation(rows), tmp_path, 60.0, race=race,
                           seeds=SEEDS)

@@ -297,7 +297,8 @@ def _space(**changes):
 
     from adr_scale.search_space import parse_space
 
-    raw = yaml.safe_load((Path(__file__).parents[2] / "search_spaces" / "smoke.yaml").read_text())
+    raw = yaml.safe_load((Path(__file__).parents[2] / "tests" / "assets" / "ci_space.yaml").read_text()
+    )
     for key, value in changes.items():
         if key == "params":  # an added parameter: the shipped warm start no longer covers it
             raw["params"] |= value
@@ -439,7 +440,7 @@ def test_tune_resume_without_a_search_refuses_before_ray(tmp_path, capsys):
 
     from adr_scale import tune
 
-    space = Path(__file__).parents[2] / "search_spaces" / "smoke.yaml"
+    space = Path(__file__).parents[2] / "tests" / "assets" / "ci_space.yaml"
     assert tune.main(["--space", str(space), "--resume", "--out", str(tmp_path / "s")]) == 2
     assert "--resume: no search to resume in" in _error_line(capsys)
     assert not ray.is_initialized() and not (tmp_path / "s").exists()
@@ -465,7 +466,7 @@ def test_unwritable_outputs_of_tune_and_evaluate_are_one_line(digits, tmp_path, 
     from adr_scale import tune
 
     (tmp_path / "f").write_text("x")
-    space = Path(__file__).parents[2] / "search_spaces" / "smoke.yaml"
+    space = Path(__file__).parents[2] / "tests" / "assets" / "ci_space.yaml"
     assert tune.main(["--space", str(space), "--out", str(tmp_path / "f")]) == 2
     assert f"--out: '{tmp_path / 'f'}' is a file" in _error_line(capsys)
     state = build_state(_cfg(), digits.info, len(digits.train), torch.device("cpu"))
@@ -539,7 +540,7 @@ def test_read_only_and_full_out_are_one_line_on_real_file_systems(digits, tmp_pa
     state = build_state(_cfg(), digits.info, len(digits.train), torch.device("cpu"))
     torch.save(checkpoint_state(state), tmp_path / "best.pt")
     (tmp_path / "cases.py").write_text(_FS_CASES.replace("/mnt/", f"{mnt}/"))
-    space = Path(__file__).parents[2] / "search_spaces" / "smoke.yaml"
+    space = Path(__file__).parents[2] / "tests" / "assets" / "ci_space.yaml"
     script = (_MOUNTS.format(d=mnt) + f" && exec {sys.executable} {tmp_path / 'cases.py'} "
               f"{tmp_path / 'best.pt'} {space} {tmp_path / 'cases.json'}")
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,

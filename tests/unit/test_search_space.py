@@ -4,7 +4,7 @@ import yaml
 from adr_scale.config import ConfigError
 from adr_scale.search_space import DefineByRun, load_space, parse_space
 
-SMOKE = yaml.safe_load(open("search_spaces/smoke.yaml"))
+SMOKE = yaml.safe_load(open("tests/assets/ci_space.yaml"))
 
 
 def _with(**changes):
@@ -53,7 +53,7 @@ class _Trial:
 
 
 def test_ordering_holds_by_construction_and_lambda_is_capped_at_one():
-    space = load_space("search_spaces/smoke.yaml")
+    space = load_space("tests/assets/ci_space.yaml")
     trial = _Trial()
     DefineByRun(space)(trial)
     fields = space.field_values(trial.params)
@@ -66,7 +66,7 @@ def test_ordering_holds_by_construction_and_lambda_is_capped_at_one():
 def test_real_optuna_samples_keep_the_ordering():
     import optuna
 
-    space = load_space("search_spaces/smoke.yaml")
+    space = load_space("tests/assets/ci_space.yaml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(50):
         trial = study.ask()
@@ -199,7 +199,7 @@ def test_a_small_search_starts_from_sobol_points_seeded_per_dataset():
     from adr_scale.search_space import DefineByRun
     from adr_scale.tune import _first_points
 
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     space = parse_space(raw)
     assert space.startup_count(6) == 4 and space.startup_count(40) == 10
     assert parse_space(raw | {"sampler": {"type": "random"}}).startup_count(6) == 0

@@ -18,10 +18,10 @@ from adr_scale.tune import _space_record, main
 
 @pytest.fixture(scope="module")
 def space():
-    return load_space("search_spaces/smoke.yaml")
+    return load_space("tests/assets/ci_space.yaml")
 
 
-def _run(tmp_path, capsys, *extra, space_file="search_spaces/smoke.yaml"):
+def _run(tmp_path, capsys, *extra, space_file="tests/assets/ci_space.yaml"):
     code = main(["--space", str(space_file), "--out", str(tmp_path / "out"), *extra])
     return code, capsys.readouterr().err.strip()
 
@@ -61,7 +61,7 @@ def test_a_resumed_search_refuses_a_changed_budget_and_accepts_a_new_confirm_blo
 
     saved = tmp_path / "space.json"
     saved.write_text(json.dumps(_space_record(space, 6)))
-    raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     longer = parse_space(raw | {"budget": {"epochs": 2}})
     with pytest.raises(ConfigError) as exc:
         _check_same_space(saved, _space_record(longer, 6))
@@ -77,7 +77,7 @@ def test_a_resumed_search_refuses_a_changed_budget_and_accepts_a_new_confirm_blo
 
 
 def test_trial_labels_say_who_stopped_a_trial(space):
-    none = parse_space(yaml.safe_load(open("search_spaces/smoke.yaml"))
+    none = parse_space(yaml.safe_load(open("tests/assets/ci_space.yaml"))
                        | {"scheduler": {"type": "none"}})
     assert trial_status(space, "TERMINATED", False, 4) == "completed"
     assert trial_status(space, "TERMINATED", False, 2) == "stopped early by ASHA"
@@ -114,7 +114,7 @@ def test_set_applies_to_every_trial_and_best_yaml_and_refuses_bad_fields(tmp_pat
     assert got.startup_seed() != space.startup_seed()  # another dataset, other start-up points
     for flag, message in (
             ("data.bogus=1", "error: --set: unknown key 'data.bogus'; allowed in data: "),
-            ("adr.tau_end=1", "error: --set: adr.tau_end is searched by search_spaces/smoke.yaml"),
+            ("adr.tau_end=1", "error: --set: adr.tau_end is searched by tests/assets/ci_space.yaml"),
             ("attack.eps=-1", "error: attack.eps: invalid value -1.0; allowed: a number in [0, 1]")):
         code, err = _run(tmp_path, capsys, "--set", flag)
         assert code == 2 and "\n" not in err and err.startswith(message), err

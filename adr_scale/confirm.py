@@ -20,7 +20,7 @@ from typing import Any
 from adr_scale.config import dump_yaml
 from adr_scale.rundir import atomic_write_text
 from adr_scale.search_space import CLEAN_METRIC, METRIC, SearchSpace
-from adr_scale.stats import Paired, Summary, paired_test, spearman, summary
+from adr_scale.stats import Paired, Summary, paired_test, pooled_paired_tests, spearman, summary
 
 REFERENCES = ("AT", "paper")
 
@@ -109,7 +109,8 @@ def plan_race(names: list[str], seeds: list[int], scores: dict[tuple[str, int], 
 
     Every candidate runs the first `min_seeds` seeds (one round, run at once); after each round a
     candidate whose paired difference to the leader (best mean over the round's seeds) is
-    significantly negative (one-sided paired t, p < `alpha`) stops; the survivors get the next
+    significantly negative (one-sided paired t, p < `alpha`, the spread pooled over the round's
+    candidates: `stats.pooled_paired_tests`) stops; the survivors get the next
     seed while more than one is left, up to len(seeds). Decisions depend on the scores only, so
     replaying them after an interrupt resumes the race where it stood. `alpha` 0 with
     `min_seeds` = len(seeds) is the plain grid (nothing stops)."""
@@ -122,9 +123,10 @@ def plan_race(names: list[str], seeds: list[int], scores: dict[tuple[str, int], 
         run = seeds[:r]
         means = {c: sum(scores[(c, s)] for s in run) / r for c in active}
         leader = max(active, key=lambda c: (means[c], -names.index(c)))
-        for c in active:
-            test = paired_test([scores[(c, s)] for s in run], [scores[(leader, s)] for s in run])
-            if c != leader and test.p_less < alpha:
+        tests = pooled_paired_tests({c: [scores[(c, s)] - scores[(leader, s)] for s in run]
+                                     for c in active if c != leader})
+        for c, test in tests.items():
+            if test.p_less < alpha:
                 stopped[c] = Stopped(r, leader, test)
         active = [leader] + sorted((c for c in active if c != leader and c not in stopped),
                                    key=lambda c: (-means[c], names.index(c)))

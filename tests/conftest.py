@@ -43,3 +43,12 @@ def write_digit_pngs(root, count: int = 600) -> None:
         folder = root / ("test" if i % 5 == 0 else "train") / str(y)
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(folder / f"{i:04d}.png")
+
+
+def one_line(exc, *parts: str) -> str:
+    """The message of a raised error (a pytest ExceptionInfo): one line holding every part."""
+    msg = str(exc.value)
+    assert "\n" not in msg, msg
+    for part in parts:
+        assert part in msg, (part, msg)
+    return msg

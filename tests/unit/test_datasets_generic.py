@@ -18,15 +18,8 @@ from PIL import Image
 from adr_scale.config import ConfigError, DataConfig, apply_overrides, get_preset
 from adr_scale.data import dataset_info, load_splits, resolve_data
 from adr_scale.data.generic import ImageFolderCache, channel_stats, load_generic
+from tests.conftest import one_line as _one_line
 from tests.conftest import write_digit_pngs
-
-
-def _one_line(exc: pytest.ExceptionInfo, *parts: str) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg, msg
-    for part in parts:
-        assert part in msg, (part, msg)
-    return msg
 
 
 def _write_folder(root: Path, images: dict[str, dict[str, list[np.ndarray]]], ext: str = "png",

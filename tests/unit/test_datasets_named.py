@@ -14,15 +14,7 @@ import scipy.io
 from adr_scale.config import ConfigError, DataConfig
 from adr_scale.data import DATASET_INFO, load_splits
 from adr_scale.data.datasets import load_arrays
-
-
-def _one_line(exc: pytest.ExceptionInfo, *parts: str) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg, msg
-    for part in parts:
-        assert part in msg, (part, msg)
-    return msg
-
+from tests.conftest import one_line as _one_line
 
 # ----------------------------------------------------------------------------------------------
 # SVHN

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from adr_scale.search_space import Param, halving_cost, load_space
-from adr_scale.tune import run_search
+from adr_scale.search.driver import run_search
+from adr_scale.search.space import Param, halving_cost, load_space
 
 
 def parse_args() -> argparse.Namespace:

@@ -6,14 +6,14 @@ import math
 import pytest
 
 from adr_scale.config import load_yaml
-from adr_scale.confirm import (
+from adr_scale.search.confirm import (
     pick_candidates,
     rank_correlation,
     report_section,
     summarise,
     write_winner,
 )
-from adr_scale.search_space import load_space
+from adr_scale.search.space import load_space
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_confirm_block_is_validated_in_one_line():
     import yaml
 
     from adr_scale.config import ConfigError
-    from adr_scale.search_space import parse_space
+    from adr_scale.search.space import parse_space
 
     raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
     space = parse_space(raw | {"confirm": {"top_k": 1, "seeds": 2, "max_concurrent": 4}})

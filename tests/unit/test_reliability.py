@@ -295,7 +295,7 @@ def test_generate_ddpm_identifies_the_model_by_its_weights(diffusers_imported, t
 def _space(**changes):
     import yaml
 
-    from adr_scale.search_space import parse_space
+    from adr_scale.search.space import parse_space
 
     raw = yaml.safe_load((Path(__file__).parents[2] / "search_spaces" / "smoke.yaml").read_text())
     for key, value in changes.items():

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from adr_scale.config import ConfigError
-from adr_scale.search_space import DefineByRun, load_space, parse_space
+from adr_scale.search.space import DefineByRun, load_space, parse_space
 
 SMOKE = yaml.safe_load(open("search_spaces/smoke.yaml"))
 
@@ -140,7 +140,7 @@ def test_tune_cli_refuses_a_bad_space_before_starting_ray(tmp_path):
 
 
 def test_pbt_ranks_asynchronously_unless_synch_is_set():
-    from adr_scale.tune import _scheduler
+    from adr_scale.search.driver import _scheduler
 
     assert parse_space(_with(scheduler={"type": "pbt"})).synch is False  # Tune's default
     space = parse_space(_with(scheduler={"type": "pbt", "synch": True, "quantile_fraction": 0.5}))
@@ -149,7 +149,7 @@ def test_pbt_ranks_asynchronously_unless_synch_is_set():
 
 
 def test_a_trials_train_run_stops_at_the_rungs_under_halving_only():
-    from adr_scale.tune import trial_stops
+    from adr_scale.search.driver import trial_stops
 
     halving = {"type": "halving", "grace_period": 1, "reduction_factor": 4}
     assert trial_stops(parse_space(_with(scheduler=halving, budget={"epochs": 16}))) == [1, 4, 16]
@@ -162,7 +162,7 @@ def test_a_trials_train_run_stops_at_the_rungs_under_halving_only():
 
 
 def test_successive_halving_parses_and_costs_what_its_rungs_say():
-    from adr_scale.search_space import halving_cost, rung_milestones
+    from adr_scale.search.space import halving_cost, rung_milestones
 
     space = parse_space(_with(scheduler={"type": "halving", "grace_period": 1,
                                          "reduction_factor": 3}, budget={"epochs": 9}))
@@ -183,7 +183,7 @@ def test_a_trial_without_a_result_since_a_restore_keeps_its_id_and_params(tmp_pa
     reads the id from the trial folder's name and the params from its params.json."""
     import json
 
-    from adr_scale.search_report import _saved_params, _trial_id_of
+    from adr_scale.search.report import _saved_params, _trial_id_of
 
     trial = tmp_path / "run_trial_ab12cd34_3_adr_tau_end=2.0000_2026-12-03_08-50-31"
     trial.mkdir()

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats as sp
 
-from adr_scale.stats import paired_test, spearman, summary
+from adr_scale.search.stats import paired_test, spearman, summary
 
 
 def test_summary_is_mean_and_sample_std():

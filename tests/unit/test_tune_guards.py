@@ -10,10 +10,10 @@ import optuna
 import pytest
 import yaml
 
-from adr_scale.confirm import Candidate, report_section, summarise, write_winner
-from adr_scale.search_report import trial_status
-from adr_scale.search_space import load_space, parse_space
-from adr_scale.tune import _space_record, main
+from adr_scale.search.confirm import Candidate, report_section, summarise, write_winner
+from adr_scale.search.driver import _space_record, main
+from adr_scale.search.report import trial_status
+from adr_scale.search.space import load_space, parse_space
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_a_study_without_its_tune_state_is_refused(tmp_path, capsys):
 def test_a_resumed_search_refuses_a_changed_budget_and_accepts_a_new_confirm_block(
         tmp_path, capsys, space):
     from adr_scale.config import ConfigError
-    from adr_scale.tune import _check_same_space
+    from adr_scale.search.driver import _check_same_space
 
     saved = tmp_path / "space.json"
     saved.write_text(json.dumps(_space_record(space, 6)))

@@ -41,7 +41,7 @@ from adr_scale.runfiles import (
     write_segment_files,
 )
 from adr_scale.runguard import RunLock
-from adr_scale.search_space import (
+from adr_scale.search.space import (
     CLEAN_METRIC,
     METRIC,
     DefineByRun,
@@ -246,7 +246,7 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int | None):
         space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler,
         points_to_evaluate=_first_points(space), study_name=space.name,
         storage=optuna.storages.RDBStorage(optuna_url))
-    from adr_scale.tune_resume import ResumableSearch
+    from adr_scale.search.resume import ResumableSearch
 
     if max_concurrent is not None:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
@@ -271,7 +271,12 @@ def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None 
             hyperparam_mutations={p.name: _pbt_domain(p) for p in space.params})
     if space.scheduler not in ("asha", "halving"):
         return FIFOScheduler()
-    from adr_scale.tune_rungs import ASHA_STATE, HALVING_STATE, ResumableASHA, SuccessiveHalving
+    from adr_scale.search.schedulers import (
+        ASHA_STATE,
+        HALVING_STATE,
+        ResumableASHA,
+        SuccessiveHalving,
+    )
 
     refs = min(len(space.reference_points()), num_samples)  # never stopped: not in the bracket
     state_file, make = {
@@ -405,7 +410,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
                                    resume_errored=True)
     else:
         setup = _tuner_setup(space, optuna_url, num_samples, max_concurrent, state_dir=out)
-        from adr_scale.tune_resume import WaitReport
+        from adr_scale.search.resume import WaitReport
 
         tuner = tune.Tuner(trainable, **setup, run_config=tune.RunConfig(
             name=space.name, storage_path=storage,
@@ -417,7 +422,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         done = sum(status in ("TERMINATED", "ERROR") for status in statuses.values())
         raise Interrupted(stop.received, f"{done} of {num_samples} search trials finished, "
                           "no confirmation started")
-    from adr_scale.search_report import write_search_outputs
+    from adr_scale.search.report import write_search_outputs
 
     result = write_search_outputs(space, grid, out, optuna_url, storage, statuses)
     if result and space.confirm_top_k > 0 and space.scheduler != "pbt":  # PBT: see the README
@@ -492,7 +497,7 @@ def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from adr_scale.config import apply_overrides
-    from adr_scale.confirm import run_name
+    from adr_scale.search.confirm import run_name
     from adr_scale.train import make_trainer
 
     name, seed = config["run"]
@@ -518,7 +523,8 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
 
     from ray import tune
 
-    from adr_scale.confirm import (
+    from adr_scale.runfiles import latest_history
+    from adr_scale.search.confirm import (
         pick_candidates,
         rank_correlation,
         report_section,
@@ -526,7 +532,6 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
         summarise,
         write_winner,
     )
-    from adr_scale.runfiles import latest_history
 
     stop = stop or StopSignals()
     candidates = pick_candidates(space, ranked)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from adr_scale.config import dump_yaml
-from adr_scale.rundir import atomic_write_text
+from adr_scale.run.directory import atomic_write_text
 from adr_scale.search.space import CLEAN_METRIC, METRIC, SearchSpace
 from adr_scale.search.stats import Paired, Summary, paired_test, spearman, summary
 

@@ -32,7 +32,7 @@ from typing import Any
 from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, to_dict
 from adr_scale.interrupt import Interrupted, StopSignals
-from adr_scale.runfiles import (
+from adr_scale.run.files import (
     is_finished,
     latest_run,
     mark_finished,
@@ -40,7 +40,7 @@ from adr_scale.runfiles import (
     read_segments,
     write_segment_files,
 )
-from adr_scale.runguard import RunLock
+from adr_scale.run.lock import RunLock
 from adr_scale.search.space import (
     CLEAN_METRIC,
     METRIC,
@@ -386,7 +386,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     _check_study(optuna_url, space.name, fresh=not restoring and space.scheduler != "pbt",
                  flag="--optuna-storage" if optuna_storage else f"{out / 'optuna.db'}")
     if not restoring:  # written before Ray starts: a full --out is one line, not a Ray traceback
-        from adr_scale.rundir import atomic_write_text
+        from adr_scale.run.directory import atomic_write_text
 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "space.json", json.dumps(record, indent=2) + "\n")
@@ -523,7 +523,7 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
 
     from ray import tune
 
-    from adr_scale.runfiles import latest_history
+    from adr_scale.run.files import latest_history
     from adr_scale.search.confirm import (
         pick_candidates,
         rank_correlation,
@@ -571,7 +571,7 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
     # the search's own "Next" (best trial -> best.yaml) no longer holds: the section says what does
     text = text.split("## Confirmation at full length")[0].split("## Next")[0].rstrip()
     text += "\n\n" + section
-    from adr_scale.rundir import atomic_write_text
+    from adr_scale.run.directory import atomic_write_text
 
     atomic_write_text(report, text)
     return rows

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from adr_scale.config import dump_yaml
-from adr_scale.rundir import atomic_write_text
-from adr_scale.runfiles import latest_history, tune_checkpoint_files
+from adr_scale.run.directory import atomic_write_text
+from adr_scale.run.files import latest_history, tune_checkpoint_files
 from adr_scale.schedules import adr_schedule
 from adr_scale.search.space import CLEAN_METRIC, METRIC, SearchSpace
 

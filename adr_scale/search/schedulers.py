@@ -27,7 +27,7 @@ def _is_reference(reference_of: Callable[[dict[str, Any]], str | None] | None,
 
 
 def _save_json(path: str, state: Any) -> None:
-    from adr_scale.rundir import atomic_write_text
+    from adr_scale.run.directory import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(state, indent=1) + "\n")
 

@@ -96,7 +96,7 @@ def test_batch_that_does_not_split_is_refused(tmp_path):
 def test_diverged_ray_run_stops_once_with_one_line(ray_cluster, tmp_path):
     """Issue 14 item 1 on Ray: the workers report the divergence instead of raising, so Ray does
     not restart them (max_failures=3 would rerun a run that diverges again) and nothing is saved."""
-    from adr_scale.runguard import TrainingDiverged
+    from adr_scale.run.lock import TrainingDiverged
     from adr_scale.train import launch
 
     cfg = apply_overrides(get_preset("smoke"), ["train.device=cpu", "optim.lr=1e6",

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from adr_scale.config import load_yaml
-from adr_scale.runfiles import latest_history
+from adr_scale.run.files import latest_history
 from adr_scale.schedules import adr_schedule
 from adr_scale.train import main as train_main
 

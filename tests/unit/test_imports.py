@@ -83,7 +83,7 @@ def test_ray_is_imported_only_by_the_drivers_and_the_data_pipeline():
 
 def test_reports_never_import_the_drivers():
     graph, _ = _graph()
-    for report in ("adr_scale.search.report", "adr_scale.report", "adr_scale.runfiles"):
+    for report in ("adr_scale.search.report", "adr_scale.run.outputs", "adr_scale.run.files"):
         assert not graph[report] & DRIVERS, report
 
 

@@ -17,7 +17,7 @@ from adr_scale import train as train_cli
 from adr_scale.config import ConfigError, apply_overrides, get_preset
 from adr_scale.data import load_splits
 from adr_scale.engine import build_state, checkpoint_state, fit, load_checkpoint, run_epochs
-from adr_scale.runguard import LOCK_FILE, TrainingDiverged
+from adr_scale.run.lock import LOCK_FILE, TrainingDiverged
 
 # 1400 training images at batch 512: 2 steps per epoch, so a run of a few epochs takes ~1 s.
 FAST = ["train.device=cpu", "train.batch_size=512", "data.val_size=100", "attack.steps=2",
@@ -163,7 +163,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_one_before(digits, tmp_pa
 
 HOLDER = """
 import sys
-from adr_scale.runguard import RunLock
+from adr_scale.run.lock import RunLock
 with RunLock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from adr_scale import report
 from adr_scale.config import get_preset
+from adr_scale.run import outputs as report
 
 
 def _row(epoch, robust):

@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("adr_scale", "data_pipeline")
 RAY_ALLOWED = ("adr_scale.train", "adr_scale.search.driver", "adr_scale.search.schedulers",
                "adr_scale.search.resume", "data_pipeline")
-DRIVERS = {"adr_scale.train", "adr_scale.tune", "adr_scale.tune.__main__", "adr_scale.search.driver"}
+DRIVERS = {"adr_scale.train", "adr_scale.tune", "adr_scale.tune.__main__",
+           "adr_scale.search.driver"}
 
 
 def _modules() -> dict[str, Path]:

@@ -9,6 +9,8 @@ from adr_scale.data import ArrayDataset, split_validation
 from adr_scale.models import create_model
 from adr_scale.search.space import load_space
 
+pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py
+
 SPACE = "search_spaces/digits_overfit.yaml"
 
 

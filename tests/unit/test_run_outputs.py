@@ -1,4 +1,4 @@
-"""The one run-directory writer of the in-process loop and the Ray callback (report.RunOutputs)."""
+"""The one run-directory writer of the in-process loop and the Ray callback (run.outputs.RunOutputs)."""
 
 import json
 

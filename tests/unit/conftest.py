@@ -3,8 +3,8 @@
 Two limits hold every test here, fixtures included (a module fixture counts in its first test):
 - CPU_BUDGET_S of this process's CPU time: the limit that keeps the tier honest. Tests run
   single-threaded, so on an idle machine CPU time is about the wall time, and it hardly moves
-  with the load of the shared 2-core machines that run this suite: the tier took 46.2 CPU s in
-  70 s at a load of about 4-7 and 45.3 CPU s in 266 s at a load of 8-12. One test's CPU time
+  with the load of the shared 2-core machines that run this suite: the tier took 54.6 CPU s in
+  70 s at a load of about 4-7 and 54.1 CPU s in 266 s at a load of 8-12. One test's CPU time
   still varied up to 1.5x between runs (2.7 to 4.0 s for the first test to train the evaluation
   model, its fixture included): 5 s is the 2 s target with that variation and some room.
 - UNIT_TIMEOUT_S of wall time (pytest-timeout), a guard against what CPU time does not see: a

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # TRADES starts its KL attack 0.001 from x: x + 0.001 * N(0, I) in Zhang et al.'s code,
-# x + 0.001 * U[0, 1) in the official ADR code (src/util/trades_attack.py).
+# x + 0.001 * U[0, 1) in the official ADR code's TRADES attack.
 TRADES_INIT_STD = 0.001
 
 

@@ -59,9 +59,9 @@ from adr_scale.distributed import (
 )
 from adr_scale.losses import trades_loss
 from adr_scale.models.layers import norm_parameters, set_bn_momentum
-from adr_scale.report import RunOutputs
-from adr_scale.rundir import RunDir, atomic_torch_save
-from adr_scale.runguard import RunLock, TrainingDiverged
+from adr_scale.run.directory import RunDir, atomic_torch_save
+from adr_scale.run.lock import RunLock, TrainingDiverged
+from adr_scale.run.outputs import RunOutputs
 from adr_scale.schedules import adr_schedule, learning_rate
 
 

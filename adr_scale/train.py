@@ -38,7 +38,7 @@ from adr_scale.config import (
     to_dict,
     validate,
 )
-from adr_scale.runfiles import (
+from adr_scale.run.files import (
     DIVERGED_FILE,
     HISTORY_FILE,
     STATE_FILE,
@@ -47,7 +47,7 @@ from adr_scale.runfiles import (
     stored_checkpoint_config,
     write_checkpoint_files,
 )
-from adr_scale.runguard import RunLock, TrainingDiverged
+from adr_scale.run.lock import RunLock, TrainingDiverged
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,7 +204,7 @@ def newest_readable(checkpoint) -> tuple[str, dict[str, Any], frozenset[str]]:
     import ray.train
 
     from adr_scale.checkpoint import load_checkpoint
-    from adr_scale.runfiles import dir_name, older_checkpoint_dirs
+    from adr_scale.run.files import dir_name, older_checkpoint_dirs
 
     fs = checkpoint.filesystem
     candidates = [checkpoint.path, *older_checkpoint_dirs(fs, checkpoint.path)]
@@ -277,7 +277,7 @@ def _make_callback(out: Path, cfg_dict: dict[str, Any]):
     directory current after every reported checkpoint: metrics, plots, best.pt, final.pt."""
     from ray.train import UserCallback
 
-    from adr_scale.report import RunOutputs
+    from adr_scale.run.outputs import RunOutputs
 
     class RunDirectoryCallback(UserCallback):
         def __init__(self) -> None:
@@ -286,7 +286,7 @@ def _make_callback(out: Path, cfg_dict: dict[str, Any]):
         def after_report(self, run_context, metrics, checkpoint) -> None:
             if checkpoint is None:
                 if metrics and "diverged" in metrics[0]:
-                    from adr_scale.rundir import atomic_write_text
+                    from adr_scale.run.directory import atomic_write_text
 
                     atomic_write_text(out / DIVERGED_FILE, metrics[0]["diverged"])
                 return
@@ -469,7 +469,7 @@ def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float =
 
     from adr_scale.data import load_splits, resolve_data
     from adr_scale.engine import open_synthetic, schedule_length
-    from adr_scale.rundir import RunDir
+    from adr_scale.run.directory import RunDir
 
     check_scaling(cfg, workers, gpus_per_worker, max_failures)
     splits = load_splits(cfg.data)  # a bad root fails here, before anything is written

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # data_pipeline, when the editable install predates it
 
 from adr_scale.data.synthetic import SyntheticSet  # noqa: E402
-from adr_scale.provenance import short_revision as git_revision  # noqa: E402
+from adr_scale.run.provenance import short_revision as git_revision  # noqa: E402
 from data_pipeline.shard_npz import shard_npz  # noqa: E402
 
 

@@ -47,7 +47,7 @@ import torch
 from adr_scale.config import RunConfig, apply_overrides, get_preset, to_dict
 from adr_scale.data import DATASET_INFO, ArrayDataset, steps_per_epoch, train_batches
 from adr_scale.engine import build_state, train_step
-from adr_scale.provenance import short_revision as git_revision
+from adr_scale.run.provenance import short_revision as git_revision
 
 N_IMAGES = 50_000  # one CIFAR-10/100 training set
 GOAL_S = 15.0  # s per ResNet-18 epoch on one H100 (project goal)

@@ -6,9 +6,10 @@
 #   -> $OUT/gpu_suite.json (all numbers, with nvidia-smi, torch, git), $OUT/*.log
 #
 # Parts (each with its own time budget, so one stuck part cannot eat the rest):
-#   pytest_gpu   the gpu-marked tests of tests/unit (pinned/resident synthetic loaders, device-side
-#                indices, device noise in generation, and tests/unit/test_cuda_branches.py: one test
-#                per CUDA-only branch, e.g. SyncBatchNorm on two ranks, cudnn.benchmark)
+#   pytest_gpu   the gpu-marked tests of tests/unit and tests/integration (pinned/resident
+#                synthetic loaders, device-side indices, device noise in generation, and
+#                tests/unit/test_cuda_branches.py: one test per CUDA-only branch, e.g. cudnn.benchmark;
+#                SyncBatchNorm on two ranks: tests/integration/test_cuda_ranks.py)
 #   step_cost    AT / AT+ADR / TRADES / AWP step cost, fp32 and bf16+channels_last, ratio to ideal
 #   step_compile compiled vs eager AT and AT+ADR (bf16+channels_last), AT / ideal with compile
 #   gpu_epoch    s/epoch for AT, AT+ADR, AT+AWP+ADR x fp32, bf16+cl, bf16+cl+compile, against the
@@ -47,7 +48,7 @@ part() {  # part NAME SECONDS COMMAND...: log to $OUT/NAME.log, record rc and se
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/nvidia_smi.csv" 2>&1
 
-part pytest_gpu 120 python3 -m pytest -q -m gpu -p no:cacheprovider $(grep -l "mark.gpu" tests/unit/*.py)
+part pytest_gpu 120 python3 -m pytest -q -m gpu -p no:cacheprovider $(grep -l "mark.gpu" tests/unit/*.py tests/integration/*.py)
 part step_cost 90 python3 benchmarks/step_cost.py $DEV --json "$OUT/step_cost.json"
 part step_cost_bf16cl 60 python3 benchmarks/step_cost.py $DEV --precision bf16 --channels-last \
   --variants AT,AT+ADR --json "$OUT/step_cost_bf16cl.json"

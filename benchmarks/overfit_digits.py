@@ -27,8 +27,8 @@ import torch
 
 from adr_scale.config import apply_overrides, get_preset, to_dict
 from adr_scale.engine import fit
-from adr_scale.provenance import short_revision
-from adr_scale.stats import paired_test, summary
+from adr_scale.run.provenance import short_revision
+from adr_scale.search.stats import paired_test, summary
 
 METHODS = {"at": ["adr.enabled=false"], "adr": ["adr.enabled=true"]}
 SMOOTH = 3  # epochs averaged by the smoothed gap

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import yaml
 
-from adr_scale.confirm import full_length_score, plan_race, run_name
-from adr_scale.provenance import short_revision
-from adr_scale.runfiles import is_finished, latest_history
-from adr_scale.search_space import load_space
-from adr_scale.stats import paired_test, summary
+from adr_scale.run.files import is_finished, latest_history
+from adr_scale.run.provenance import short_revision
+from adr_scale.search.confirm import full_length_score, plan_race, run_name
+from adr_scale.search.space import load_space
+from adr_scale.search.stats import paired_test, summary
 
 
 def parse_args() -> argparse.Namespace:

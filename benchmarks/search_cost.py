@@ -4,7 +4,7 @@ Both searches draw the same trials (the random sampler with one seed proposes th
 whatever the results, and the references come first), so the only difference is the early
 stopping. Prints the epochs each consumed, their ratio (goal <= 1/4), whether both pick the same
 best trial, and the wall time of each. `halving` (synchronous successive halving) has a fixed
-cost, `adr_scale.search_space.halving_cost` (the two references, never stopped, run the whole
+cost, `adr_scale.search.space.halving_cost` (the two references, never stopped, run the whole
 budget); asynchronous `asha` lets early trials through its rungs.
 
 Examples:
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from adr_scale.search_space import Param, halving_cost, load_space
-from adr_scale.tune import run_search
+from adr_scale.search.driver import run_search
+from adr_scale.search.space import Param, halving_cost, load_space
 
 
 def parse_args() -> argparse.Namespace:

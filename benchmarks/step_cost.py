@@ -26,7 +26,7 @@ import torch
 from adr_scale.config import RunConfig, apply_overrides, get_preset, to_dict
 from adr_scale.data import DATASET_INFO
 from adr_scale.engine import build_state, resolve_device, train_step
-from adr_scale.provenance import short_revision as git_revision
+from adr_scale.run.provenance import short_revision as git_revision
 
 VARIANTS = {  # name -> overrides of the base config
     "AT": ["train.method=at", "adr.enabled=false", "awp.enabled=false"],

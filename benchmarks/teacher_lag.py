@@ -21,7 +21,7 @@ import torch
 
 from adr_scale.config import apply_overrides, get_preset
 from adr_scale.engine import fit
-from adr_scale.provenance import git_revision
+from adr_scale.run.provenance import git_revision
 
 
 def parse_args() -> argparse.Namespace:

@@ -24,8 +24,8 @@ from adr_scale.data import ArrayDataset, to_float
 from adr_scale.evaluate.checkpoint import LoadedModel
 from adr_scale.evaluate.options import AUTOATTACK_VERSIONS, EvalOptions, note
 from adr_scale.evaluate.pgd import accuracy
-from adr_scale.provenance import dist_version
-from adr_scale.rundir import atomic_write_text
+from adr_scale.run.directory import atomic_write_text
+from adr_scale.run.provenance import dist_version
 
 AA_TARGET_CLASSES = 9  # APGD-T and FAB-T targets in the standard version (Croce & Hein 2020)
 

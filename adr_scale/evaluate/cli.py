@@ -33,7 +33,7 @@ from adr_scale.evaluate.options import (
 from adr_scale.evaluate.report import evaluate_checkpoint
 from adr_scale.evaluate.run_table import evaluate_run, test_markdown
 from adr_scale.models.export import export_model
-from adr_scale.runguard import check_writable
+from adr_scale.run.lock import check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:

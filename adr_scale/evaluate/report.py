@@ -27,8 +27,8 @@ from adr_scale.evaluate.options import (
 )
 from adr_scale.evaluate.pgd import accuracy, clean_flags, pgd_flags
 from adr_scale.evaluate.sanity import check, sanity_checks, tolerance
-from adr_scale.provenance import dist_version, git_revision
-from adr_scale.rundir import atomic_write_text
+from adr_scale.run.directory import atomic_write_text
+from adr_scale.run.provenance import dist_version, git_revision
 
 
 def evaluate_checkpoint(path: str | Path, out: str | Path, opts: EvalOptions,

@@ -13,7 +13,7 @@ from adr_scale.config import ConfigError
 from adr_scale.evaluate.checkpoint import load_model, load_test_set
 from adr_scale.evaluate.options import EvalOptions, attack_label, note
 from adr_scale.evaluate.report import evaluate_checkpoint, report_markdown
-from adr_scale.rundir import atomic_write_text
+from adr_scale.run.directory import atomic_write_text
 
 TEST_SECTION = "## Test set (adr_scale.evaluate)"
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from adr_scale.config import ConfigError
 from adr_scale.models.registry import create_model
-from adr_scale.rundir import atomic_torch_save, atomic_write_text
+from adr_scale.run.directory import atomic_torch_save, atomic_write_text
 
 EXPORT_FORMAT = 1
 

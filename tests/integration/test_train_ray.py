@@ -94,9 +94,9 @@ def test_batch_that_does_not_split_is_refused(tmp_path):
 
 @pytest.mark.timeout(240)
 def test_diverged_ray_run_stops_once_with_one_line(ray_cluster, tmp_path):
-    """Issue 14 item 1 on Ray: the workers report the divergence instead of raising, so Ray does
+    """On Ray: the workers report the divergence instead of raising, so Ray does
     not restart them (max_failures=3 would rerun a run that diverges again) and nothing is saved."""
-    from adr_scale.runguard import TrainingDiverged
+    from adr_scale.run.lock import TrainingDiverged
     from adr_scale.train import launch
 
     cfg = apply_overrides(get_preset("smoke"), ["train.device=cpu", "optim.lr=1e6",
@@ -110,7 +110,7 @@ def test_diverged_ray_run_stops_once_with_one_line(ray_cluster, tmp_path):
 
 
 def test_ray_run_dir_refuses_another_config_and_the_in_process_path(two_worker_run):
-    """Issue 14 items 2 and 3 on Ray: the Ray checkpoint's config counts without config.yaml, and
+    """On Ray: the Ray checkpoint's config counts without config.yaml, and
     --workers 0 on a Ray run directory is refused before anything is written."""
     from adr_scale.config import ConfigError
     from adr_scale.train import launch

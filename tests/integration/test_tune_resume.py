@@ -181,9 +181,9 @@ def test_reconcile_restored_searcher_with_the_trials_and_the_study(tmp_path, cap
 
     import optuna
 
-    from adr_scale.search_space import CLEAN_METRIC, METRIC, load_space
-    from adr_scale.tune import _searcher
-    from adr_scale.tune_resume import reconcile_search
+    from adr_scale.search.driver import _searcher
+    from adr_scale.search.resume import reconcile_search
+    from adr_scale.search.space import CLEAN_METRIC, METRIC, load_space
 
     space = load_space(_space(tmp_path))
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -239,9 +239,9 @@ def test_halving_proposes_past_its_paused_trials_and_resumes_without_a_limiter(t
     """Successive halving pauses a trial at each rung: its search has no ConcurrencyLimiter (one
     would hold the paused trial's slot and propose nothing more: the stall CI met at 438866d),
     and a restored one reconciles without it."""
-    from adr_scale.search_space import load_space
-    from adr_scale.tune import _tuner_setup
-    from adr_scale.tune_resume import reconcile_search
+    from adr_scale.search.driver import _tuner_setup
+    from adr_scale.search.resume import reconcile_search
+    from adr_scale.search.space import load_space
 
     space = load_space(_space(tmp_path, scheduler={"type": "halving", "grace_period": 1,
                                                    "reduction_factor": 3}, epochs=3))
@@ -267,9 +267,9 @@ def test_asha_ranks_a_resumed_search_against_the_rungs_recorded_before_the_kill(
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    from adr_scale.search_space import METRIC, load_space
-    from adr_scale.tune import _scheduler
-    from adr_scale.tune_rungs import ASHA_STATE
+    from adr_scale.search.driver import _scheduler
+    from adr_scale.search.schedulers import ASHA_STATE
+    from adr_scale.search.space import METRIC, load_space
 
     space = load_space(_space(tmp_path, scheduler={"type": "asha", "grace_period": 1,
                                                    "reduction_factor": 2}, epochs=4))
@@ -309,9 +309,9 @@ def test_neither_scheduler_stops_a_reference_trial(tmp_path):
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    from adr_scale.search_space import METRIC, load_space
-    from adr_scale.tune import _scheduler
-    from adr_scale.tune_rungs import ASHA_STATE, HALVING_STATE
+    from adr_scale.search.driver import _scheduler
+    from adr_scale.search.schedulers import ASHA_STATE, HALVING_STATE
+    from adr_scale.search.space import METRIC, load_space
 
     space = load_space(_space(tmp_path, scheduler={"type": "asha", "grace_period": 1,
                                                    "reduction_factor": 2}, epochs=4))

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from adr_scale.config import load_yaml
-from adr_scale.runfiles import latest_history
+from adr_scale.run.files import latest_history
 from adr_scale.schedules import adr_schedule
 from adr_scale.train import main as train_main
 
@@ -151,8 +151,8 @@ def test_halving_rung_records_survive_a_killed_driver(tmp_path):
     except subprocess.TimeoutExpired:
         os.killpg(second.pid, signal.SIGKILL)  # with the local Ray it started
         second.wait()
-        # the deadlock of issue 11 looked like this (a placement group leaked by a Train run that
-        # retried as Tune stopped its trial; see IN_TRIAL_RESTARTS in adr_scale/tune.py)
+        # a placement group leaked by a Train run that retried as Tune stopped its trial looked
+        # like this (see IN_TRIAL_RESTARTS in adr_scale/search/driver.py)
         pytest.fail(f"the resumed search did not end in 420 s; rungs {_rungs(out)}")
     assert second.returncode == 0, stderr[-3000:]
     assert "resuming the search" in stdout + stderr

@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import pytest
 
 from adr_scale.config import (
@@ -107,30 +104,3 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     cfg = load_yaml(path)
     assert cfg.adr.enabled and cfg.adr.tau_end == 1.0
     assert cfg.train.epochs == RunConfig().train.epochs
-
-
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "adr_scale.train", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
-    out = tmp_path / "run"
-    cases = [
-        (["--preset", "smoke", "--set", "adr.tau_start=-2", "--out", str(out)], "adr.tau_start"),
-        (["--preset", "nope", "--out", str(out)], "unknown preset 'nope'"),
-        (["--preset", "cifar10_resnet18_at", "--set", f"data.root={tmp_path / 'empty'}",
-          "--out", str(out)], "data.root"),
-        (["--config", str(tmp_path / "none.yaml"), "--out", str(out)], "does not exist"),
-    ]
-    for args, needle in cases:
-        res = _cli(*args, cwd=tmp_path)
-        assert res.returncode == 2, res.stderr
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, res.stderr
-        assert not out.exists()
-
-
-def test_cli_help_shows_an_example(tmp_path):
-    res = _cli("--help", cwd=tmp_path)
-    assert res.returncode == 0 and "--preset smoke --out runs/smoke" in res.stdout

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from adr_scale.config import load_yaml
-from adr_scale.confirm import (
+from adr_scale.search.confirm import (
     pick_candidates,
     plan_race,
     race_cost,
@@ -17,7 +17,7 @@ from adr_scale.confirm import (
     verdict,
     write_winner,
 )
-from adr_scale.search_space import load_space, parse_space
+from adr_scale.search.space import load_space, parse_space
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_confirm_block_is_validated_in_one_line():
     import yaml
 
     from adr_scale.config import ConfigError
-    from adr_scale.search_space import parse_space
+    from adr_scale.search.space import parse_space
 
     raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     space = parse_space(raw | {"confirm": {"top_k": 1, "seeds": 2, "max_concurrent": 4}})

@@ -324,7 +324,7 @@ def test_resolve_data_fills_only_the_missing_fields():
 
 
 def test_every_bundled_search_space_parses_and_the_dataset_ones_fit_their_data():
-    from adr_scale.search_space import load_space
+    from adr_scale.search.space import load_space
 
     spaces = {p.stem: load_space(p) for p in sorted(Path("search_spaces").glob("*.yaml"))}
     assert {"svhn", "custom"} <= set(spaces)

@@ -7,7 +7,9 @@ import torch
 from adr_scale.config import ConfigError, apply_overrides, get_preset, validate
 from adr_scale.data import ArrayDataset, split_validation
 from adr_scale.models import create_model
-from adr_scale.search_space import load_space
+from adr_scale.search.space import load_space
+
+pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py
 
 SPACE = "search_spaces/digits_overfit.yaml"
 

@@ -15,6 +15,8 @@ from adr_scale.data import load_splits, train_batches
 from adr_scale.engine import build_state, fit, load_checkpoint, train_step
 from adr_scale.models import create_model
 
+pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
@@ -76,7 +78,9 @@ def _rows_without_time(run):
 
 
 def test_resume_equals_uninterrupted(tmp_path, digits):
-    cfg = _cfg("train.epochs=3", "awp.enabled=true", "train.wa=true")
+    # PGD-2 in training and validation: resuming must be exact whatever the attack's length
+    cfg = _cfg("train.epochs=3", "awp.enabled=true", "train.wa=true", "attack.steps=2",
+               "attack.eval_steps=2")
     full = fit(cfg, tmp_path / "full", progress=False, splits=digits)
     assert fit(cfg, tmp_path / "cut", until_epoch=1, progress=False, splits=digits) == {}
     assert not (tmp_path / "cut" / "final.pt").exists()
@@ -152,11 +156,11 @@ def test_golden_per_step_losses(digits):
 
 def test_validation_does_not_change_the_training_trajectory(tmp_path, digits):
     """The validation attack draws from its own RNG stream: a run with another val attack trains
-    the same weights (here 2 vs 10 PGD steps)."""
-    a = fit(_cfg("train.epochs=2", "attack.eval_steps=2"), tmp_path / "a", progress=False,
-            splits=digits)
-    b = fit(_cfg("train.epochs=2", "attack.eval_steps=10"), tmp_path / "b", progress=False,
-            splits=digits)
+    the same weights (here 2 vs 10 PGD steps; PGD-2 in training)."""
+    a = fit(_cfg("train.epochs=2", "attack.steps=2", "attack.eval_steps=2"), tmp_path / "a",
+            progress=False, splits=digits)
+    b = fit(_cfg("train.epochs=2", "attack.steps=2", "attack.eval_steps=10"), tmp_path / "b",
+            progress=False, splits=digits)
     assert a["steps"] == b["steps"] == 36
     wa = load_checkpoint(tmp_path / "a" / "final.pt")["model"]
     wb = load_checkpoint(tmp_path / "b" / "final.pt")["model"]

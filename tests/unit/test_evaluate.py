@@ -1,11 +1,8 @@
-"""adr_scale.evaluate on a tiny model trained once per module: attacks, reports, sanity, export, CLI."""
+"""adr_scale.evaluate on a tiny model trained once per module: attacks, reports, sanity, export,
+CLI errors. The real standard AutoAttack end to end: tests/integration/test_evaluate_autoattack.py."""
 
 import json
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +16,9 @@ from adr_scale.evaluate import sanity as ev_sanity
 from adr_scale.models import create_model
 
 EPS = 16 / 255  # the smoke preset's training radius (digits are 8x8: 8/255 barely moves them)
-ROOT = Path(__file__).resolve().parents[2]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread", "no_run_plots")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -111,50 +107,6 @@ def test_batched_driver_matches_autoattack_and_resumes(run_dir, tmp_path, monkey
     assert ev_autoattack._read_state(state, saved["fingerprint"]) is None
 
 
-@pytest.mark.slow
-def test_autoattack_below_pgd_below_clean_and_report(run_dir, tmp_path):
-    """The real standard AutoAttack (pyautoattack) on 32 test images; report.json's fields."""
-    opts = _opts(attacks=["clean", "pgd10", "autoattack"], n_examples=32)
-    start = time.perf_counter()
-    report = ev.evaluate_checkpoint(run_dir / "final.pt", tmp_path / "eval", opts)
-    seconds = time.perf_counter() - start
-    acc = {k: v["accuracy"] for k, v in report["attacks"].items()}
-    print(f"tiny model, 32 digits, eps 16/255: {acc}; {seconds:.1f} s")
-    assert acc["autoattack"] <= acc["pgd10"] <= acc["clean"]
-    assert acc["autoattack"] < acc["clean"] and acc["pgd10"] < acc["clean"]
-    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert saved == json.loads(json.dumps(report))
-    assert saved["checkpoint"] == str((run_dir / "final.pt").resolve())
-    assert (saved["epoch"], saved["model"], saved["split"], saved["n"]) == (4, "student", "test", 32)
-    assert saved["eps"] == EPS and saved["versions"]["pyautoattack"] == "0.2.0"
-    assert saved["versions"]["torch"] == torch.__version__
-    for name, entry in saved["attacks"].items():
-        assert entry["n"] == 32 and entry["seconds"] >= 0
-        assert entry["correct"] == round(entry["accuracy"] * 32)
-        assert entry["eps"] == (0.0 if name == "clean" else EPS)
-    aa = saved["attacks"]["autoattack"]
-    assert aa["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert (aa["version"], aa["backend"], aa["n_target_classes"]) == ("standard", "pyautoattack", 9)
-    assert aa["per_attack"]["clean"] == acc["clean"]
-    chain = list(aa["per_attack"].values())
-    assert chain == sorted(chain, reverse=True) and chain[-1] == acc["autoattack"]
-    assert 0 < aa["max_perturbation"] <= EPS + 1e-6
-    assert set(aa["attack_seconds"]) == set(aa["attacks"])  # every attack ran (none left robust=0)
-    print(f"AutoAttack seconds per attack: {aa['attack_seconds']}, total {aa['seconds']}")
-    assert isinstance(aa["warnings"], list) and aa["resumed"] is False
-    assert all(c["passed"] for c in saved["checks"]), saved["checks"]
-    assert {c["name"] for c in saved["checks"]} >= {"autoattack_at_most_pgd10"}
-    md = (tmp_path / "eval" / "report.md").read_text()
-    assert f"| AutoAttack | {100 * acc['autoattack']:.2f} |" in md
-    # Rerunning finds the finished state file: the same numbers at once.
-    start = time.perf_counter()
-    again = ev.evaluate_checkpoint(run_dir / "final.pt", tmp_path / "eval",
-                                   _opts(attacks=["autoattack"], n_examples=32))
-    assert time.perf_counter() - start < 5
-    assert again["attacks"]["autoattack"]["resumed"] is True
-    assert again["attacks"]["autoattack"]["accuracy"] == acc["autoattack"]
-
-
 def test_autoattack_warnings_reach_the_report(run_dir, tmp_path):
     """A model that outputs probabilities trips AutoAttack's own check; we must surface it."""
     loaded = ev.load_model(run_dir / "final.pt")
@@ -211,14 +163,6 @@ def test_failed_checks_print_a_warning(run_dir, tmp_path, capsys, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # Errors
-
-
-def test_missing_checkpoint_is_one_line_from_the_cli(tmp_path):
-    missing = tmp_path / "nope.pt"
-    proc = subprocess.run([sys.executable, "-m", "adr_scale.evaluate", "--checkpoint", str(missing)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr == f"error: --checkpoint: {str(missing)!r} does not exist\n"
 
 
 def test_file_that_is_not_a_checkpoint(tmp_path, capsys):

@@ -16,6 +16,8 @@ from adr_scale.engine import build_state, train_step, validate_models
 from adr_scale.models import create_model
 from tests.unit.test_engine import GOLDEN, GOLDEN_SETTINGS
 
+pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py
+
 
 @pytest.fixture(scope="module")
 def digits(one_thread):

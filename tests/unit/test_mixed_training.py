@@ -12,6 +12,8 @@ from adr_scale.data import load_splits
 from adr_scale.engine import _epoch_batches, build_state, fit, open_synthetic
 from data_pipeline.shard_npz import shard_npz
 
+pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
@@ -54,7 +56,8 @@ def test_every_batch_on_every_rank_holds_the_exact_fraction(shards, world):
 
 
 def test_mixed_fit_counts_samples_and_resumes(shards, tmp_path):
-    cfg = _cfg(shards, "train.epochs=2")
+    # PGD-2 in training and validation: the sample counts and the resume do not depend on it
+    cfg = _cfg(shards, "train.epochs=2", "attack.steps=2", "attack.eval_steps=2")
     summary = fit(cfg, tmp_path / "run", progress=False)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["steps"] == 38

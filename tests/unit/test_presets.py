@@ -166,8 +166,8 @@ def test_rectified_label_equals_the_official_formula_on_random_inputs():
 
 
 def _official_cosine(base, final, epochs, iters_per_epoch):
-    """yuyuwu5/ADR src/util/utils.py cosine_scheduler without warm-up: one value per iteration,
-    final + (base - final) (1 + cos(pi i / N)) / 2 for i = 0 .. N - 1."""
+    """The official ADR code's cosine_scheduler (github.com/yuyuwu5/ADR) without warm-up: one
+    value per iteration, final + (base - final) (1 + cos(pi i / N)) / 2 for i = 0 .. N - 1."""
     i = np.arange(epochs * iters_per_epoch)
     return final + 0.5 * (base - final) * (1 + np.cos(np.pi * i / len(i)))
 

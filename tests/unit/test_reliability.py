@@ -1,12 +1,8 @@
-"""Issue 14: real faults (a NaN run, a torn checkpoint, a crafted pickle, a second process on the
-same --out) end in one line and never in lost, mixed or non-finite results."""
+"""Real faults (a NaN run, a torn checkpoint, a crafted pickle, a bad input) end in one line and
+never in lost, mixed or non-finite results; the faults that need a second process are in
+tests/integration/test_reliability_processes.py."""
 
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,9 @@ from adr_scale import train as train_cli
 from adr_scale.config import ConfigError, apply_overrides, get_preset
 from adr_scale.data import load_splits
 from adr_scale.engine import build_state, checkpoint_state, fit, load_checkpoint, run_epochs
-from adr_scale.runguard import LOCK_FILE, TrainingDiverged
+from adr_scale.run.lock import LOCK_FILE, TrainingDiverged
+
+pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py
 
 # 1400 training images at batch 512: 2 steps per epoch, so a run of a few epochs takes ~1 s.
 FAST = ["train.device=cpu", "train.batch_size=512", "data.val_size=100", "attack.steps=2",
@@ -52,7 +50,7 @@ def _error_line(capsys) -> str:
     return err[0]
 
 
-# -- item 1: a diverged run stops, saves nothing non-finite, and evaluate refuses NaN weights ------
+# -- a diverged run stops, saves nothing non-finite, and evaluate refuses NaN weights ------
 
 
 def test_nan_run_stops_with_one_line_and_saves_nothing(digits, tmp_path, capsys):
@@ -94,7 +92,7 @@ def test_evaluate_refuses_a_checkpoint_with_nan_weights(digits, tmp_path):
     assert ev.load_model(tmp_path / "final.pt", "student").which == "student"  # the other is fine
 
 
-# -- item 2: --workers 0 and --workers >= 1 never share one --out silently -------------------
+# -- --workers 0 and --workers >= 1 never share one --out silently -------------------
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -112,7 +110,7 @@ def test_switching_workers_kind_on_one_out_is_refused_before_writing(digits, tmp
     assert _snapshot(out) == before  # no ray/ directory, best.pt, metrics.jsonl untouched
 
 
-# -- item 3: resume compares the checkpoint's config; a failed start blocks nothing ---------
+# -- resume compares the checkpoint's config; a failed start blocks nothing ---------
 
 
 def test_resume_compares_the_checkpoint_config_when_config_yaml_is_gone(digits, tmp_path):
@@ -138,7 +136,7 @@ def test_a_failed_start_does_not_block_the_corrected_rerun(digits, tmp_path):
     assert summary["final_epoch"] == 1 and summary["steps"] == 2
 
 
-# -- item 8: a truncated latest checkpoint: resume from the one before it, and say so --------
+# -- a truncated latest checkpoint: resume from the one before it, and say so --------
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_one_before(digits, tmp_path, capsys):
@@ -158,38 +156,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_one_before(digits, tmp_pa
     assert all(torch.equal(epoch2["model"][k], again["model"][k]) for k in epoch2["model"])
 
 
-# -- item 9: one run per --out: a real second process is refused; stale locks do not block --
-
-
-HOLDER = """
-import sys
-from adr_scale.runguard import RunLock
-with RunLock(sys.argv[1]):
-    print("held", flush=True)
-    sys.stdin.read()
-"""
-
-
-def test_second_run_on_one_out_is_refused_naming_the_holder(digits, tmp_path, capsys):
-    out = tmp_path / "r"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        assert _cli(out, "train.epochs=1") == 2
-        line = _error_line(capsys)
-        assert (f"error: --out: '{out}' is in use by pid {holder.pid} on host "
-                f"{socket.gethostname()}") in line
-        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written
-    finally:
-        holder.send_signal(signal.SIGKILL)  # dies holding the lock: a stale lock
-        holder.wait()
-    assert json.loads((out / LOCK_FILE).read_text())["pid"] == holder.pid
-    assert _cli(out, "train.epochs=1") == 0  # the dead pid's lock is taken over
-    assert not (out / LOCK_FILE).exists()  # and released on exit
-
-
-# -- item 4: a dataset directory never runs code -------------------------------------------
+# -- a dataset directory never runs code -------------------------------------------
 
 
 class _Exploit:
@@ -222,7 +189,7 @@ def test_crafted_cifar_pickle_is_refused_without_running(tmp_path):
     assert marker.exists()
 
 
-# -- item 6: sources are identified by content, not by path and size ----------------------
+# -- sources are identified by content, not by path and size ----------------------
 
 
 def _write_npz(path: Path, seed: int) -> None:
@@ -289,13 +256,13 @@ def test_generate_ddpm_identifies_the_model_by_its_weights(diffusers_imported, t
     assert made == [1]  # resumed: only the missing shard
 
 
-# -- item 7: every bound, every choice and the warm start are checked before Ray starts ------
+# -- every bound, every choice and the warm start are checked before Ray starts ------
 
 
 def _space(**changes):
     import yaml
 
-    from adr_scale.search_space import parse_space
+    from adr_scale.search.space import parse_space
 
     raw = yaml.safe_load((Path(__file__).parents[2] / "tests" / "assets" / "ci_space.yaml").read_text()
     )
@@ -337,7 +304,7 @@ def test_warm_start_outside_the_space_is_refused():
     assert _space().warm_start["adr.lambda_start"] == 0.7  # the shipped space is fine
 
 
-# -- items 10 and 12: one `error:` line, exit status 2, nothing written -------------------
+# -- one `error:` line, exit status 2, nothing written -------------------
 
 
 def _write_cifar(root: Path, batch: bytes) -> None:
@@ -383,7 +350,7 @@ def _setup_case(case: str, tmp: Path) -> tuple[list[str], Path]:
 
 
 TRAIN_CASES = {  # case: (--set overrides, what the one line must name)
-    # item 10
+    # unwritable or unreadable inputs and outputs
     "out_is_file": ([], r"--out: '.*/run' is a file"),
     "out_under_file": ([], r"--out: cannot write to '.*/f/run' \(Not a directory\)"),
     "corrupt_config_yaml": ([], r"--out: '.*/run/config.yaml' is not a config written by"),
@@ -395,7 +362,7 @@ TRAIN_CASES = {  # case: (--set overrides, what the one line must name)
     "cifar_label": ([], r"data.root: '.*data_batch_1' has label 12; allowed: 0 to 9"),
     "absurd_crop_padding": (["data.crop_padding=1000"],
                             r"data.crop_padding: invalid value 1000; allowed: an integer in \[0, 8\]"),
-    # item 12
+    # values no run can use
     "epochs_zero": (["train.epochs=0"], r"train.epochs: invalid value 0"),
     "synthetic_fraction_zero": (["data.synthetic=/nowhere", "data.synthetic_fraction=0"],
                                 r"data.synthetic_fraction: 0.*draws no synthetic image"),
@@ -477,89 +444,3 @@ def test_unwritable_outputs_of_tune_and_evaluate_are_one_line(digits, tmp_path, 
         assert (f"{flag}: cannot write to '{tmp_path / 'f' / 'x'}' ('{tmp_path / 'f'}' is a file)"
                 in _error_line(capsys))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "f"]
-
-
-# -- item 10 on real file systems: a read-only and a full tmpfs in a user + mount namespace -------
-
-# Run inside `unshare -rm` (no root needed where unprivileged user namespaces are allowed): each
-# entry point in-process, its exit status, its stderr and what it left on the tmpfs.
-_FS_CASES = r'''
-import contextlib, io, json, os, sys
-from adr_scale import evaluate as ev, train, tune
-
-ckpt, space, result = sys.argv[1:4]
-bases = {"ro": "/mnt/ro", "full": "/mnt/full", "nearly": "/mnt/nearly"}
-calls = {
-    "train": (train.main, ["--preset", "smoke", "--workers", "0", "--no-progress", "--set",
-                           "train.device=cpu", "--set", "train.max_steps=2", "--out", "{}/run"]),
-    "tune": (tune.main, ["--space", space, "--out", "{}/search"]),
-    "evaluate": (ev.main, ["--checkpoint", ckpt, "--attacks", "clean", "--no-progress",
-                           "--out", "{}/eval"]),
-    "export": (ev.main, ["--checkpoint", ckpt, "--attacks", "clean", "--no-progress",
-                         "--export", "{}/zoo"]),
-}
-cases = {}
-for kind, name in [(k, n) for k in ("ro", "full") for n in calls] + [("nearly", "train")]:
-    main, args = calls[name]
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = main([a.format(bases[kind]) for a in args])
-        except BaseException as exc:
-            rc = f"raised {type(exc).__name__}: {exc}"
-    cases[f"{name} {kind}"] = {"rc": rc, "err": err.getvalue(), "left": sorted(os.listdir(bases[kind]))}
-json.dump(cases, open(result, "w"))
-'''
-_MOUNTS = ("mount -t tmpfs -o ro,size=64k none {d}/ro && mount -t tmpfs -o size=64k none {d}/full "
-           "&& head -c 65536 /dev/zero > {d}/full/fill; mount -t tmpfs -o size=64k none {d}/nearly"
-           " && head -c 40960 /dev/zero > {d}/nearly/fill")  # full: 0 bytes free; nearly: 24 KiB
-
-
-def _namespaces_work(tmp_path) -> bool:
-    import shutil
-
-    if not shutil.which("unshare"):
-        return False
-    (tmp_path / "probe").mkdir()
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c",
-                            f"mount -t tmpfs -o size=4k none {tmp_path / 'probe'}"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
-@pytest.mark.slow
-def test_read_only_and_full_out_are_one_line_on_real_file_systems(digits, tmp_path):
-    """--out of train, tune and evaluate and evaluate --export on a real read-only tmpfs (EROFS)
-    and a real full one (ENOSPC; train also with room for its lock and config but not for a
-    checkpoint): exit 2, one `error:` line naming the path, and no lock or run directory left."""
-    if not _namespaces_work(tmp_path):
-        pytest.skip("needs `unshare -rm` (unprivileged user and mount namespaces) to mount a tmpfs")
-    mnt = tmp_path / "mnt"
-    for kind in ("ro", "full", "nearly"):
-        (mnt / kind).mkdir(parents=True)
-    state = build_state(_cfg(), digits.info, len(digits.train), torch.device("cpu"))
-    torch.save(checkpoint_state(state), tmp_path / "best.pt")
-    (tmp_path / "cases.py").write_text(_FS_CASES.replace("/mnt/", f"{mnt}/"))
-    space = Path(__file__).parents[2] / "tests" / "assets" / "ci_space.yaml"
-    script = (_MOUNTS.format(d=mnt) + f" && exec {sys.executable} {tmp_path / 'cases.py'} "
-              f"{tmp_path / 'best.pt'} {space} {tmp_path / 'cases.json'}")
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    cases = json.loads((tmp_path / "cases.json").read_text())
-    expected = {"ro": r"cannot write to '{}' \(.*[Rr]ead-only", "full": r"no space left on '{}",
-                "nearly": r"no space left on '{}/checkpoints' \(writing epoch-0001.pt\)"}
-    import re
-
-    for case, got in cases.items():
-        name, kind = case.split()
-        flag = "--export" if name == "export" else "--out"
-        where = f"{mnt / kind}/" + {"train": "run", "tune": "search", "evaluate": "eval",
-                                     "export": "zoo"}[name]
-        lines = got["err"].strip().splitlines()
-        assert got["rc"] == 2 and len(lines) == 1, (case, got)
-        assert re.fullmatch(f"error: {flag}: " + expected[kind].format(re.escape(where)) + ".*",
-                            lines[0]), (case, lines[0])
-        if name in ("train", "tune") and kind != "nearly":  # the lock and its directory are gone
-            assert got["left"] == ([] if kind == "ro" else ["fill"]), (case, got["left"])
-    assert len(cases) == 9

@@ -1,11 +1,11 @@
-"""The one run-directory writer of the in-process loop and the Ray callback (report.RunOutputs)."""
+"""The one run-directory writer of the in-process loop and the Ray callback (run.outputs.RunOutputs)."""
 
 import json
 
 import pytest
 
-from adr_scale import report
 from adr_scale.config import get_preset
+from adr_scale.run import outputs as report
 
 
 def _row(epoch, robust):

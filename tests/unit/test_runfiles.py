@@ -5,7 +5,7 @@ import types
 
 import torch
 
-from adr_scale import runfiles
+from adr_scale.run import files as runfiles
 
 
 def _checkpoint(root, run, epoch, history, config=None):

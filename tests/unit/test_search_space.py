@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from adr_scale.config import ConfigError
-from adr_scale.search_space import DefineByRun, load_space, parse_space
+from adr_scale.search.space import DefineByRun, load_space, parse_space
 
 SMOKE = yaml.safe_load(open("tests/assets/ci_space.yaml"))
 
@@ -125,22 +125,8 @@ def test_yaml_syntax_and_missing_file(tmp_path):
         load_space(tmp_path / "none.yaml")
 
 
-def test_tune_cli_refuses_a_bad_space_before_starting_ray(tmp_path):
-    import subprocess
-    import sys
-
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(_with(sampler={"type": "grid"})))
-    res = subprocess.run([sys.executable, "-m", "adr_scale.tune", "--space", str(bad),
-                          "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0 and "sampler.type: unknown sampler" in res.stderr
-    assert not (tmp_path / "out").exists()
-
-
 def test_pbt_ranks_asynchronously_unless_synch_is_set():
-    from adr_scale.tune import _scheduler
+    from adr_scale.search.driver import _scheduler
 
     assert parse_space(_with(scheduler={"type": "pbt"})).synch is False  # Tune's default
     space = parse_space(_with(scheduler={"type": "pbt", "synch": True, "quantile_fraction": 0.5}))
@@ -149,7 +135,7 @@ def test_pbt_ranks_asynchronously_unless_synch_is_set():
 
 
 def test_a_trials_train_run_stops_at_the_rungs_under_halving_only():
-    from adr_scale.tune import trial_stops
+    from adr_scale.search.driver import trial_stops
 
     halving = {"type": "halving", "grace_period": 1, "reduction_factor": 4}
     assert trial_stops(parse_space(_with(scheduler=halving, budget={"epochs": 16}))) == [1, 4, 16]
@@ -162,7 +148,7 @@ def test_a_trials_train_run_stops_at_the_rungs_under_halving_only():
 
 
 def test_successive_halving_parses_and_costs_what_its_rungs_say():
-    from adr_scale.search_space import halving_cost, rung_milestones
+    from adr_scale.search.space import halving_cost, rung_milestones
 
     space = parse_space(_with(scheduler={"type": "halving", "grace_period": 1,
                                          "reduction_factor": 3}, budget={"epochs": 9}))
@@ -183,7 +169,7 @@ def test_a_trial_without_a_result_since_a_restore_keeps_its_id_and_params(tmp_pa
     reads the id from the trial folder's name and the params from its params.json."""
     import json
 
-    from adr_scale.search_report import _saved_params, _trial_id_of
+    from adr_scale.search.report import _saved_params, _trial_id_of
 
     trial = tmp_path / "run_trial_ab12cd34_3_adr_tau_end=2.0000_2026-12-03_08-50-31"
     trial.mkdir()
@@ -196,8 +182,8 @@ def test_a_trial_without_a_result_since_a_restore_keeps_its_id_and_params(tmp_pa
 def test_a_small_search_starts_from_sobol_points_seeded_per_dataset():
     import optuna
 
-    from adr_scale.search_space import DefineByRun
-    from adr_scale.tune import _first_points
+    from adr_scale.search.driver import _first_points
+    from adr_scale.search.space import DefineByRun
 
     raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     space = parse_space(raw)

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats as sp
 
-from adr_scale.stats import paired_test, spearman, summary
+from adr_scale.search.stats import paired_test, spearman, summary
 
 
 def test_summary_is_mean_and_sample_std():
@@ -38,7 +38,7 @@ def test_spearman_matches_scipy_with_ties():
 def test_pooled_paired_tests_do_not_call_an_equal_pair_of_differences_certain():
     from scipy.stats import t as student_t
 
-    from adr_scale.stats import paired_test, pooled_paired_tests
+    from adr_scale.search.stats import paired_test, pooled_paired_tests
 
     one_third = -1 / 300  # one validation image of 300, on both seeds
     assert paired_test([0.80, 0.81], [0.80 - one_third, 0.81 - one_third]).p == 0.0  # alone: p 0

@@ -1,13 +1,10 @@
-"""The decoded synthetic cache (real WebDataset tars, real processes), uniform draws, exact mixing."""
+"""The decoded synthetic cache (real WebDataset tars), uniform draws, exact mixing; the cache built
+by real processes is tests/integration/test_synthetic_processes.py."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -55,18 +52,6 @@ def test_cache_holds_every_image_with_its_label(shards, synth):
     np.testing.assert_array_equal(synth.array(), image.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(synth.label_array(), np.arange(N) % 10)
     assert synth.bad_shards == {} and synth.built
-
-
-def test_both_parsers_and_worker_processes_build_the_same_bytes(shards, synth, tmp_path):
-    """webdataset's reader in 2 spawned processes and our parser in-process: identical caches."""
-    other = SyntheticSet(shards[0], tmp_path, tar_reader="fast", workers=1, progress=False)
-    parallel = SyntheticSet(shards[0], tmp_path / "p", tar_reader="webdataset", workers=2,
-                            progress=False)
-    for name in ("images.u8", "labels.i64"):
-        ref = (synth.cache_path / name).read_bytes()
-        assert (other.cache_path / name).read_bytes() == ref
-        assert (parallel.cache_path / name).read_bytes() == ref
-    assert json.loads((parallel.cache_path / "meta.json").read_text())["tar_reader"] == "webdataset"
 
 
 def test_webdataset_reads_the_same_samples_as_our_parser(shards):
@@ -129,32 +114,6 @@ def test_resident_copy_goes_a_slice_at_a_time_and_is_exact(synth):
 
     copied = _to_device_in_chunks(synth.array(), torch.device("cpu"), chunk_bytes=1000)  # 6 rows
     assert torch.equal(copied, torch.from_numpy(synth.array().copy()))
-
-
-def test_cache_is_built_once_for_two_concurrent_processes(shards, tmp_path):
-    """Both processes queue on the lock (held here first); one builds, the other maps its result."""
-    import hashlib
-
-    from adr_scale.data.synthetic import build_lock
-
-    code = ("import hashlib; from adr_scale.data.synthetic import SyntheticSet; "
-            f"s = SyntheticSet({str(shards[0])!r}, {str(tmp_path / 'cache')!r}, workers=1, progress=False); "
-            "print(s.built, hashlib.sha256(s.batch(3, 64, seed=0, rank=0)[0].numpy()).hexdigest())")
-    digest = hashlib.sha256((shards[0] / "manifest.parquet").read_bytes()).hexdigest()
-    (tmp_path / "cache").mkdir()
-    errs = [tmp_path / f"err{i}" for i in range(2)]
-    with build_lock(tmp_path / "cache" / f"{digest}.lock"):
-        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                                  stderr=open(err, "w")) for err in errs]
-        deadline = time.monotonic() + 120
-        while not all("waiting for" in e.read_text() for e in errs):  # both queue behind us
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
-            time.sleep(0.1)
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), [e.read_text() for e in errs]
-    assert sorted(out.split()[0] for out in outs) == ["False", "True"], outs
-    assert outs[0].split()[1] == outs[1].split()[1]  # the same batch from the one cache
-    assert not list((tmp_path / "cache").glob(".*.tmp"))
 
 
 def test_cache_is_rebuilt_after_the_manifest_changes(shards, synth, tmp_path):

@@ -1,7 +1,7 @@
-"""Faults in a built synthetic cache, made for real on a cache of real shards (issue 25): an
-out-of-range label, an unwritable cache directory, flipped image bytes, an old cache without a
-digest. Each is rebuilt from the shards in one line, or refused in one line (exit 2 from the CLI,
-no run files)."""
+"""Faults in a built synthetic cache, made for real on a cache of real shards: an out-of-range
+label, an unwritable cache directory, flipped image bytes, an old cache without a digest. Each is
+rebuilt from the shards in one line, or refused in one line (exit 2 from the CLI, no run files).
+The cache directory on a real read-only file system: tests/integration/test_synthetic_guards_fs.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,46 +139,6 @@ def test_an_unwritable_cache_directory_is_one_line_naming_the_field(shards, tmp_
     assert message.endswith("allowed: a writable node-local directory (point "
                             "data.synthetic_cache at one, e.g. on the node's local disk)")
     assert "\n" not in message and list(cache.iterdir()) == []
-
-
-_ON_READ_ONLY_FS = r"""
-import contextlib, io, json, os, sys
-from adr_scale import train
-
-shards, ro, out, result = sys.argv[1:5]
-got = {}
-for workers in ("0", "1"):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = train.main(["--preset", "smoke", "--no-progress", "--workers", workers,
-                         "--set", "train.device=cpu", "--set", f"data.synthetic={shards}",
-                         "--set", f"data.synthetic_cache={ro}", "--set",
-                         "data.synthetic_fraction=0.75", "--out", f"{out}{workers}"])
-    got[workers] = {"rc": rc, "err": err.getvalue(), "out": os.path.exists(f"{out}{workers}")}
-json.dump(got, open(result, "w"))
-"""
-
-
-@pytest.mark.slow
-def test_an_empty_cache_directory_on_a_read_only_file_system(shards, tmp_path):
-    """The issue's fault itself: an empty data.synthetic_cache on a real read-only tmpfs (EROFS,
-    which binds root too), mounted in a user + mount namespace; train in-process and on Ray."""
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if not shutil.which("unshare") or subprocess.run(
-            ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o ro none {ro}"]).returncode:
-        pytest.skip("needs `unshare -rm` (unprivileged user and mount namespaces) to mount a tmpfs")
-    (tmp_path / "case.py").write_text(_ON_READ_ONLY_FS)
-    script = (f"mount -t tmpfs -o ro,size=4k none {ro} && exec {sys.executable} "
-              f"{tmp_path / 'case.py'} {shards} {ro} {tmp_path / 'run'} {tmp_path / 'got.json'}")
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    for workers, got in json.loads((tmp_path / "got.json").read_text()).items():
-        assert got["rc"] == 2 and not got["out"], (workers, got)
-        assert got["err"] == (f"error: data.synthetic_cache: cannot write to {str(ro)!r} (Read-only "
-                              "file system); allowed: a writable node-local directory (point "
-                              "data.synthetic_cache at one, e.g. on the node's local disk)\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ import optuna
 import pytest
 import yaml
 
-from adr_scale.confirm import Candidate, report_section, summarise, write_winner
-from adr_scale.search_report import trial_status
-from adr_scale.search_space import load_space, parse_space
-from adr_scale.tune import _space_record, main
+from adr_scale.search.confirm import Candidate, report_section, summarise, write_winner
+from adr_scale.search.driver import _space_record, main
+from adr_scale.search.report import trial_status
+from adr_scale.search.space import load_space, parse_space
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_a_study_without_its_tune_state_is_refused(tmp_path, capsys):
 def test_a_resumed_search_refuses_a_changed_budget_and_accepts_a_new_confirm_block(
         tmp_path, capsys, space):
     from adr_scale.config import ConfigError
-    from adr_scale.tune import _check_same_space
+    from adr_scale.search.driver import _check_same_space
 
     saved = tmp_path / "space.json"
     saved.write_text(json.dumps(_space_record(space, 6)))
@@ -104,7 +104,7 @@ def test_a_candidate_without_a_finished_run_is_not_run_and_never_a_winner(space,
 
 
 def test_set_applies_to_every_trial_and_best_yaml_and_refuses_bad_fields(tmp_path, capsys, space):
-    from adr_scale.tune import with_overrides
+    from adr_scale.search.driver import with_overrides
 
     got = with_overrides(space, ["data.root=/data/mine", "attack.eps=0.1", "train.batch_size=32"])
     params = space.warm_start_params()

@@ -15,7 +15,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from adr_scale.search_space import rung_milestones
+from adr_scale.search.space import rung_milestones
 
 HALVING_STATE = "halving_rungs.json"  # in --out: the successive-halving rung records
 ASHA_STATE = "asha_rungs.json"  # in --out: ASHA's rung records
@@ -27,7 +27,7 @@ def _is_reference(reference_of: Callable[[dict[str, Any]], str | None] | None,
 
 
 def _save_json(path: str, state: Any) -> None:
-    from adr_scale.rundir import atomic_write_text
+    from adr_scale.run.directory import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(state, indent=1) + "\n")
 

@@ -34,7 +34,7 @@ from typing import Any
 from adr_scale.cli import OneLineParser
 from adr_scale.config import ConfigError, attack_line, to_dict
 from adr_scale.interrupt import Interrupted, StopSignals
-from adr_scale.runfiles import (
+from adr_scale.run.files import (
     is_finished,
     latest_run,
     mark_finished,
@@ -42,8 +42,8 @@ from adr_scale.runfiles import (
     read_segments,
     write_segment_files,
 )
-from adr_scale.runguard import RunLock
-from adr_scale.search_space import (
+from adr_scale.run.lock import RunLock
+from adr_scale.search.space import (
     CLEAN_METRIC,
     METRIC,
     DefineByRun,
@@ -256,7 +256,7 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int | None,
         space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler,
         points_to_evaluate=points, study_name=space.name,
         storage=optuna.storages.RDBStorage(optuna_url))
-    from adr_scale.tune_resume import ResumableSearch
+    from adr_scale.search.resume import ResumableSearch
 
     if max_concurrent is not None:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
@@ -286,7 +286,12 @@ def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None 
             hyperparam_mutations={p.name: _pbt_domain(p) for p in space.params})
     if space.scheduler not in ("asha", "halving"):
         return FIFOScheduler()
-    from adr_scale.tune_rungs import ASHA_STATE, HALVING_STATE, ResumableASHA, SuccessiveHalving
+    from adr_scale.search.schedulers import (
+        ASHA_STATE,
+        HALVING_STATE,
+        ResumableASHA,
+        SuccessiveHalving,
+    )
 
     refs = min(len(space.reference_points()), num_samples)  # never stopped: not in the bracket
     state_file, make = {
@@ -420,7 +425,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     _check_study(optuna_url, space.name, fresh=not restoring and space.scheduler != "pbt",
                  flag="--optuna-storage" if optuna_storage else f"{out / 'optuna.db'}")
     if not restoring:  # written before Ray starts: a full --out is one line, not a Ray traceback
-        from adr_scale.rundir import atomic_write_text
+        from adr_scale.run.directory import atomic_write_text
 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "space.json", json.dumps(record, indent=2) + "\n")
@@ -444,7 +449,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
                                    resume_errored=True)
     else:
         setup = _tuner_setup(space, optuna_url, num_samples, max_concurrent, state_dir=out)
-        from adr_scale.tune_resume import WaitReport
+        from adr_scale.search.resume import WaitReport
 
         tuner = tune.Tuner(trainable, **setup, run_config=tune.RunConfig(
             name=space.name, storage_path=storage,
@@ -456,7 +461,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         done = sum(status in ("TERMINATED", "ERROR") for status in statuses.values())
         raise Interrupted(stop.received, f"{done} of {num_samples} search trials finished, "
                           "no confirmation started")
-    from adr_scale.search_report import write_search_outputs
+    from adr_scale.search.report import write_search_outputs
 
     result = write_search_outputs(space, grid, out, optuna_url, storage, statuses)
     if result and space.confirm_top_k > 0 and space.scheduler != "pbt":  # PBT: see the README
@@ -532,7 +537,7 @@ def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from adr_scale.config import apply_overrides
-    from adr_scale.confirm import run_name
+    from adr_scale.search.confirm import run_name
     from adr_scale.train import make_trainer
 
     name, seed = config["run"]
@@ -557,7 +562,8 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
     `ConfirmationIncomplete` when a run failed; the winner is written only once decided."""
     import time
 
-    from adr_scale.confirm import (
+    from adr_scale.run.files import latest_history
+    from adr_scale.search.confirm import (
         pick_candidates,
         rank_correlation,
         report_section,
@@ -565,7 +571,6 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
         summarise,
         write_winner,
     )
-    from adr_scale.runfiles import latest_history
 
     stop = stop or StopSignals()
     candidates = pick_candidates(space, ranked)
@@ -594,7 +599,7 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
     # the search's own "Next" (best trial -> best.yaml) no longer holds: the section says what does
     text = text.split("## Confirmation at full length")[0].split("## Next")[0].rstrip()
     text += "\n\n" + section
-    from adr_scale.rundir import atomic_write_text
+    from adr_scale.run.directory import atomic_write_text
 
     atomic_write_text(report, text)
     return rows
@@ -602,8 +607,8 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
 
 def _race(space: SearchSpace, candidates, seeds: list[int], storage: str):
     """The race (or grid) replayed from the finished confirmation runs."""
-    from adr_scale.confirm import full_length_score, plan_race, run_name
-    from adr_scale.runfiles import latest_history
+    from adr_scale.run.files import latest_history
+    from adr_scale.search.confirm import full_length_score, plan_race, run_name
 
     scores = {}
     for c in candidates:
@@ -624,7 +629,7 @@ def _run_round(space: SearchSpace, candidates, pending: list[tuple[str, int]], r
     stop signal, `ConfirmationIncomplete` if a run did not finish."""
     from ray import tune
 
-    from adr_scale.confirm import run_name
+    from adr_scale.search.confirm import run_name
 
     print(f"confirmation round {rounds + 1}: {len(pending)} full-length runs "
           f"({', '.join(f'{c} seed {s}' for c, s in pending)})", flush=True)
@@ -705,7 +710,7 @@ def print_answer(best: dict[str, Any], out: Path, space: SearchSpace) -> None:
     print(f"report: {out / 'report.md'}\nthe long run with this schedule:\n"
           f"  python -m adr_scale.train --from-search {out} --out runs/{space.name}-long")
     if best.get("confirmed"):
-        from adr_scale.confirm import verdict
+        from adr_scale.search.confirm import verdict
 
         win = best["confirmed"][0]
         print(f"confirmed winner: {win.candidate.name} (best.yaml)")

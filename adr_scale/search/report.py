@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from adr_scale.config import dump_yaml
-from adr_scale.rundir import atomic_write_text
-from adr_scale.runfiles import latest_history, tune_checkpoint_files
+from adr_scale.run.directory import atomic_write_text
+from adr_scale.run.files import latest_history, tune_checkpoint_files
 from adr_scale.schedules import adr_schedule
-from adr_scale.search_space import CLEAN_METRIC, METRIC, SearchSpace
+from adr_scale.search.space import CLEAN_METRIC, METRIC, SearchSpace
 
 ROW_METRICS = ("epoch", "step", "train_loss", "lr", "tau", "lambda", METRIC, CLEAN_METRIC,
                "val_robust_acc_student", "val_clean_acc_student", "val_robust_acc_ema",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from adr_scale.config import ConfigError, RunConfig, dump_yaml, to_dict
-from adr_scale.runguard import is_no_space, no_space
+from adr_scale.run.lock import is_no_space, no_space
 
 # Settings that change how a run is executed, not what it computes: a resume may change them.
 OPERATIONAL_KEYS = {("train", "device"), ("train", "log_every"), ("train", "keep_checkpoints")}

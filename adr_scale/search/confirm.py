@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from adr_scale.config import dump_yaml
-from adr_scale.rundir import atomic_write_text
-from adr_scale.search_space import CLEAN_METRIC, METRIC, SearchSpace
-from adr_scale.stats import Paired, Summary, paired_test, pooled_paired_tests, spearman, summary
+from adr_scale.run.directory import atomic_write_text
+from adr_scale.search.space import CLEAN_METRIC, METRIC, SearchSpace
+from adr_scale.search.stats import (
+    Paired,
+    Summary,
+    paired_test,
+    pooled_paired_tests,
+    spearman,
+    summary,
+)
 
 REFERENCES = ("AT", "paper")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from adr_scale.checkpoint import selected_network
 from adr_scale.config import RunConfig
-from adr_scale.rundir import atomic_write_text
+from adr_scale.run.directory import atomic_write_text
 from adr_scale.schedules import adr_schedule, learning_rate
 
 TEST_SECTION = "## Test set"  # written by adr_scale.evaluate; kept when summary.md is rewritten

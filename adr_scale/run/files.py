@@ -1,7 +1,8 @@
 """The files a Ray Train run and a Tune trial leave in their checkpoints, their writers and readers.
 
-No Ray here: the drivers (`train`, `tune`) write these files and the reports (`search_report`)
-read them, so imports go one way. Storage is a local directory, s3:// or gs:// (pyarrow.fs).
+No Ray here: the drivers (`train`, `search.driver`) write these files and the reports
+(`search.report`) read them, so imports go one way. Storage is a local directory, s3:// or
+gs:// (pyarrow.fs).
 """
 
 from __future__ import annotations

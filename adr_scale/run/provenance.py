@@ -17,7 +17,7 @@ def dist_version(name: str) -> str | None:
 
 def git_revision() -> str | None:
     """The commit of the source tree this package runs from, read from .git (no git process)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     git = root / ".git"
     with contextlib.suppress(OSError, IndexError):
         if git.is_file():  # a worktree: "gitdir: <path>"

@@ -18,13 +18,17 @@ from types import FrameType
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(BaseException):
-    """A stop signal arrived. A BaseException, like KeyboardInterrupt, so that no `except
-    Exception` between the signal and the driver's main swallows it."""
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived. A BaseException, so that no `except Exception` between the signal
+    and the driver's main swallows it; a KeyboardInterrupt, because Ray's blocking calls
+    (`ray.get`, a Train `fit`) stop only for that: they turn it, raised by the handler, into a
+    plain KeyboardInterrupt (anything else ends there in a SystemError after the call returns).
+    `StopSignals.translated` turns that back into an Interrupted."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, detail: str | None = None) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.detail = detail  # what was done when it stopped, for the driver's one line
 
     @property
     def exit_code(self) -> int:
@@ -44,6 +48,7 @@ class StopSignals:
         self.received: int | None = None
         self._graceful: Callable[[int], None] | None = None
         self._previous: dict[int, object] = {}
+        self._entered = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:  # the second signal: stop at once
@@ -66,18 +71,37 @@ class StopSignals:
         finally:
             self._graceful = None
 
+    @contextmanager
+    def translated(self) -> Iterator[None]:
+        """Around Ray's blocking calls: the plain KeyboardInterrupt Ray raises for a signal that
+        arrived meanwhile leaves the block as Interrupted(the first signal)."""
+        try:
+            yield
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Interrupted) or self.received is None:
+                raise
+            raise Interrupted(self.received) from None
+
     def check(self) -> None:
         """Raise `Interrupted` if a signal has arrived (between stages)."""
         if self.received is not None:
             raise Interrupted(self.received)
 
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
+    def install(self) -> None:
+        """(Re)install the handlers: call again after code that replaces them (ray.init sets
+        its own SIGTERM handler). Only inside the `with` block."""
+        if self._entered and threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
+                previous = signal.signal(s, self._handle)
+                self._previous.setdefault(s, previous)
+
+    def __enter__(self) -> StopSignals:
+        self._entered = True
+        self.install()
         return self
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+        self._entered = False

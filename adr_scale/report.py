@@ -191,6 +191,47 @@ def write_run_outputs(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]],
     return summary
 
 
+def catch_up(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]], *, total_steps: int,
+             steps_per_epoch: int, copy_checkpoint: Callable[[int, Path], None]) -> None:
+    """Bring a run directory to `rows`, the history of its newest checkpoint, after a signal or a
+    crash stopped the run between that checkpoint and its bookkeeping (or, on Ray, with reports
+    still queued behind the uploads): best.pt and final.pt where summary.json shows them stale,
+    then the metrics, summaries and plots. `copy_checkpoint(epoch, path)` writes epoch `epoch`'s
+    checkpoint to `path` where that checkpoint still exists. Without rows (no checkpoint) metrics.jsonl is
+    emptied: the rerun starts over."""
+    run_dir = Path(run_dir)
+    on_disk = read_metrics(run_dir)
+    if not rows:
+        if on_disk:
+            write_metrics(run_dir, [])
+        return
+    try:
+        before = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        before = {}
+    finished = rows[-1]["epoch"] == -(-total_steps // steps_per_epoch)
+    best = summarize(rows, cfg)["best_epoch"] if validated(rows) else None
+    stale_best = best is not None and (before.get("best_epoch") != best
+                                       or not (run_dir / "best.pt").exists())
+    stale_final = finished and not (before.get("finished") and (run_dir / "final.pt").exists())
+    if stale_best:
+        copy_checkpoint(best, run_dir / "best.pt")
+    if stale_final:
+        copy_checkpoint(rows[-1]["epoch"], run_dir / "final.pt")
+    if stale_best or stale_final or on_disk != rows:
+        write_run_outputs(run_dir, cfg, rows, total_steps=total_steps,
+                          steps_per_epoch=steps_per_epoch, finished=finished)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]] | None:
+    """metrics.jsonl's rows; None when it is absent or torn."""
+    try:
+        return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+                if x]
+    except (OSError, ValueError):
+        return None
+
+
 class RunOutputs:
     """The end-of-epoch bookkeeping of a run directory, the same for the in-process loop
     (engine.fit) and the Ray controller callback (train.py): best.pt and final.pt, then the

@@ -66,6 +66,8 @@ def _table_row(rows: list[dict[str, Any]], model: str) -> str:
 def summary_markdown(cfg: RunConfig, rows: list[dict[str, Any]], finished: bool,
                      old_text: str = "") -> str:
     a, r = cfg.attack, cfg.adr
+    # an unfinished run (stopped, or still training) has no final epoch yet: its last validated one
+    last, end = ("Final", "epoch") if finished else ("Last", "validated epoch so far")
     adr = (f"ADR tau {r.tau_start:g} -> {r.tau_end:g}, lambda {r.lambda_start:g} -> "
            f"{r.lambda_end:g}" if r.enabled else "ADR off")
     lines = [
@@ -75,15 +77,16 @@ def summary_markdown(cfg: RunConfig, rows: list[dict[str, Any]], finished: bool,
         "",
         f"{adr}; eps {a.eps * 255:.3g}/255; {cfg.train.epochs} epochs, batch {cfg.train.batch_size}"
         f", {cfg.optim.schedule} LR {cfg.optim.lr:g}; seed {cfg.seed}. "
-        f"{'Finished' if finished else 'In progress'}: {len(rows)} epochs, step {rows[-1]['step']}.",
+        f"{'Finished' if finished else 'Not finished'}: {len(rows)} epochs"
+        f"{'' if finished else ' so far'}, step {rows[-1]['step']}.",
         "",
         f"## Validation split (PGD-{a.eval_steps}, model selection)",
         "",
         "Accuracy (%) in the form of the paper's Table 1: *Best* is the epoch with the highest "
-        "validation robust accuracy, *Final* the last epoch, *Diff* = Best - Final (robust "
+        f"validation robust accuracy, *{last}* the last {end}, *Diff* = Best - {last} (robust "
         f"overfitting). Selected model: {'EMA (WA)' if cfg.train.wa else 'student'}.",
         "",
-        f"| model | PGD-{a.eval_steps} Best | Final | Diff | Clean Best | Final | Diff | best epoch |",
+        f"| model | PGD-{a.eval_steps} Best | {last} | Diff | Clean Best | {last} | Diff | best epoch |",
         "|---|---|---|---|---|---|---|---|",
         _table_row(rows, "student"),
         _table_row(rows, "ema"),

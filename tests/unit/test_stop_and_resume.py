@@ -119,6 +119,17 @@ def test_catch_up_brings_a_stale_run_directory_to_the_newest_checkpoint(tmp_path
     assert read_metrics(run) == []  # no checkpoint: no rows claimed
 
 
+def test_an_unfinished_run_s_summary_claims_no_final_epoch():
+    from adr_scale.report import summary_markdown
+
+    cfg = apply_overrides(get_preset("smoke"), ["train.epochs=3"])
+    md = summary_markdown(cfg, _rows(2), finished=False)
+    assert "Not finished: 2 epochs so far, step 4." in md and "Final" not in md
+    assert "| PGD-10 Best | Last | Diff | Clean Best | Last |" in md
+    done = summary_markdown(cfg, _rows(3), finished=True)
+    assert "Finished: 3 epochs, step 6." in done and "| PGD-10 Best | Final |" in done
+
+
 def test_a_signal_inside_a_blocking_call_that_raises_keyboard_interrupt_leaves_as_interrupted():
     """Ray's ray.get turns whatever the handler raises into a plain KeyboardInterrupt (and only
     a KeyboardInterrupt stops it); `translated` gives the driver its Interrupted back."""

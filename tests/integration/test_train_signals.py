@@ -33,9 +33,16 @@ LINE = re.compile(r"interrupted \((SIG\w+)\): the latest checkpoint, after epoch
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted in-process run of the same config."""
+    """An uninterrupted in-process run of the same config, on one CPU thread like every run here
+    (a Ray worker's torch uses its one CPU; other thread counts change float summation order,
+    which can flip a validation image)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    fit(apply_overrides(get_preset("smoke"), OVERRIDES), out, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(apply_overrides(get_preset("smoke"), OVERRIDES), out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -48,7 +55,7 @@ def _cmd(out, *options):
 def _run(cmd, log, trigger=None, signum=None, limit_s=400):
     """Run `cmd` (output to `log`); once `trigger` exists, send it `signum`. Returns
     (exit status, output, seconds from the signal to the exit)."""
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # see `reference`
     with log.open("w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -83,7 +90,7 @@ def _rows(run):
 
 
 def _same_numbers(rows, reference_rows):
-    """Every field but the wall clock equal; the mean training loss to float summation order."""
+    """Every field but the wall clock equal; the mean training loss to float rounding."""
     assert len(rows) == len(reference_rows)
     for row, ref in zip(rows, reference_rows, strict=True):
         assert row.keys() == ref.keys()

@@ -57,11 +57,13 @@ from adr_scale.distributed import (
     gather_objects,
     rank_and_world,
 )
+from adr_scale.interrupt import Interrupted
 from adr_scale.losses import trades_loss
 from adr_scale.models.layers import norm_parameters, set_bn_momentum
-from adr_scale.run.directory import RunDir, atomic_torch_save
-from adr_scale.run.lock import RunLock, TrainingDiverged
-from adr_scale.run.outputs import RunOutputs
+from adr_scale.run.directory import RunDir, atomic_copy, atomic_torch_save
+from adr_scale.run.files import first_readable
+from adr_scale.run.lock import RunLock, TrainingDiverged, kept_detail
+from adr_scale.run.outputs import RunOutputs, catch_up
 from adr_scale.schedules import adr_schedule, learning_rate
 
 
@@ -555,17 +557,19 @@ def newest_readable_checkpoint(run: RunDir) -> tuple[Path, dict[str, Any]] | Non
     """The newest epoch checkpoint that loads; a torn newer one (a full disk, a copy cut short) is
     named on stderr and skipped, so the run resumes one epoch earlier instead of stopping."""
     found = run.checkpoints_newest_first()
-    for path in found:
-        try:
-            return path, load_checkpoint(path)
-        except Exception as exc:  # torch.load raises RuntimeError, EOFError, OSError, pickle errors
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
-            print(f"warning: checkpoint {path} is unreadable ({why}); trying the one before it",
-                  file=sys.stderr)
-    if found:
-        raise ConfigError(f"--out: none of the {len(found)} checkpoints in {str(run.checkpoints)!r} "
-                          "is readable; use another --out (or delete them to start over)")
-    return None
+    first = first_readable(found, load_checkpoint, label=str, where=str(run.checkpoints))
+    return None if first is None else (found[first[0]], first[1])
+
+
+def catch_up_run(run: RunDir, state: TrainState, rows: list[dict[str, Any]]) -> None:
+    """The run directory's files brought to `rows` (report.catch_up); best.pt and final.pt come
+    from the epoch checkpoints in OUT/checkpoints."""
+    def copy(epoch: int, dst: Path) -> None:
+        if run.epoch_checkpoint(epoch).is_file():
+            atomic_copy(run.epoch_checkpoint(epoch), dst)
+
+    catch_up(run.path, state.cfg, rows, total_steps=state.total_steps,
+             steps_per_epoch=state.steps_per_epoch, copy_checkpoint=copy)
 
 
 def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
@@ -586,6 +590,8 @@ def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
         load_state(state, latest[1])
         if latest[0] != run.latest_checkpoint():
             print(f"resuming from {latest[0]} (epoch {state.epoch})", file=sys.stderr)
+    kept = list(state.history)  # the newest checkpoint's rows: what a signal leaves
+    catch_up_run(run, state, kept)  # a stop or crash before the last checkpoint's bookkeeping
     train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
     bar = tqdm(total=state.total_steps, initial=state.step, desc=f"train {Path(out).name}",
                unit="step", disable=not progress, dynamic_ncols=True)
@@ -595,6 +601,7 @@ def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
         ckpt = checkpoint_state(state) if save else None
         if ckpt is not None:
             run.save_epoch(ckpt, state.epoch, cfg.train.keep_checkpoints)
+            kept[:] = state.history
         outputs.epoch_end(state.history, improved=improved,
                           finished=state.epoch == state.num_epochs,
                           total_steps=state.total_steps, steps_per_epoch=state.steps_per_epoch,
@@ -606,6 +613,10 @@ def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
     try:
         run_epochs(state, train, splits.val, on_epoch_end, until_epoch=until_epoch, bar=bar,
                    synthetic=synthetic)
+    except Interrupted as exc:  # the files then say what the newest checkpoint holds, never more
+        catch_up_run(run, state, kept)
+        epoch = kept[-1]["epoch"] if kept else 0
+        raise Interrupted(exc.signum, kept_detail(epoch, state.num_epochs)) from None
     finally:  # a diverged run's error line is then the last line, not under a live bar
         bar.close()
     if state.epoch < state.num_epochs or not state.history:

@@ -18,9 +18,12 @@ from types import FrameType
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(BaseException):
-    """A stop signal arrived. A BaseException, like KeyboardInterrupt, so that no `except
-    Exception` between the signal and the driver's main swallows it."""
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived. A BaseException, so that no `except Exception` between the signal
+    and the driver's main swallows it; a KeyboardInterrupt, because Ray's blocking calls
+    (`ray.get`, a Train `fit`) stop only for that: they turn it, raised by the handler, into a
+    plain KeyboardInterrupt (anything else ends there in a SystemError after the call returns).
+    `StopSignals.translated` turns that back into an Interrupted."""
 
     def __init__(self, signum: int, detail: str | None = None) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -67,6 +70,17 @@ class StopSignals:
             yield
         finally:
             self._graceful = None
+
+    @contextmanager
+    def translated(self) -> Iterator[None]:
+        """Around Ray's blocking calls: the plain KeyboardInterrupt Ray raises for a signal that
+        arrived meanwhile leaves the block as Interrupted(the first signal)."""
+        try:
+            yield
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Interrupted) or self.received is None:
+                raise
+            raise Interrupted(self.received) from None
 
     def check(self) -> None:
         """Raise `Interrupted` if a signal has arrived (between stages)."""

@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import threading
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from adr_scale.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
+    attack_line,
     dump_yaml,
     from_dict,
     get_preset,
@@ -38,16 +40,19 @@ from adr_scale.config import (
     to_dict,
     validate,
 )
+from adr_scale.interrupt import Interrupted, StopSignals
 from adr_scale.run.files import (
     DIVERGED_FILE,
     HISTORY_FILE,
     STATE_FILE,
     checkpoint_dir_name,
+    drop_untracked,
+    first_readable,
     read_json,
     stored_checkpoint_config,
     write_checkpoint_files,
 )
-from adr_scale.run.lock import RunLock, TrainingDiverged
+from adr_scale.run.lock import RunLock, TrainingDiverged, kept_detail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,9 +165,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = build_state(cfg, splits.info, len(splits.train), device)
     # This run's own latest checkpoint (a restarted group or driver) or, for a new run, the
     # checkpoint it starts from (a PBT segment continuing its own or another trial's state).
-    checkpoint, path, skipped = ray.train.get_checkpoint(), None, frozenset()
-    if checkpoint is not None:  # this run's own: the newest of its checkpoints that loads
-        path, ckpt, skipped = newest_readable(checkpoint)
+    own = newest_readable(ray.train.get_checkpoint(), config.get("storage_run"))
+    path, skipped = None, frozenset()
+    if own is not None:  # this run's own: the newest of its checkpoints that loads
+        path, ckpt, skipped = own
         load_state(state, ckpt)
     elif config.get("init_checkpoint") is not None:
         path = config["init_checkpoint"].path
@@ -196,32 +202,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report({"diverged": str(exc)})
 
 
-def newest_readable(checkpoint) -> tuple[str, dict[str, Any], frozenset[str]]:
-    """(path, state, names of the checkpoints skipped) of Ray Train checkpoint `checkpoint` or,
-    when its state.pt does not load (a file torn by a full disk or a copy cut short), of the
-    newest older checkpoint of the same run that does; rank 0 names each skipped one in one
-    line. Raises ConfigError if none loads."""
+def newest_readable(checkpoint, storage_run: tuple[str, str] | None = None,
+                    ) -> tuple[str, dict[str, Any], frozenset[str]] | None:
+    """(path, state, names of the newer checkpoints skipped) of this run's newest checkpoint whose
+    state.pt loads; None for a run without checkpoints. The candidates: with `storage_run`
+    (storage, run name) every checkpoint directory of the run in storage, newest first (a
+    stopped driver can leave newer ones than Ray Train's checkpoint manager recorded); else Ray
+    Train's `checkpoint` and the older ones beside it. Rank 0 names each unreadable one in one
+    line (runfiles.first_readable); ConfigError if none loads."""
     import ray.train
 
     from adr_scale.checkpoint import load_checkpoint
-    from adr_scale.run.files import dir_name, older_checkpoint_dirs
+    from adr_scale.run.files import checkpoint_dirs, dir_name, older_checkpoint_dirs
 
-    fs = checkpoint.filesystem
-    candidates = [checkpoint.path, *older_checkpoint_dirs(fs, checkpoint.path)]
-    rank0 = ray.train.get_context().get_world_rank() == 0
-    for k, path in enumerate(candidates):
-        try:
-            with ray.train.Checkpoint(path, filesystem=fs).as_directory() as directory:
-                state = load_checkpoint(Path(directory) / STATE_FILE)
-            return path, state, frozenset(dir_name(p) for p in candidates[:k])
-        except Exception as exc:  # torch.load raises RuntimeError, EOFError, OSError, pickle errors
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
-            if rank0:
-                print(f"warning: checkpoint {path}/{STATE_FILE} is unreadable ({why}); trying "
-                      "the one before it", file=sys.stderr, flush=True)
-    raise ConfigError(f"--out: none of the {len(candidates)} checkpoints of this run in "
-                      f"{str(Path(checkpoint.path).parent)!r} is readable; use another --out (or "
-                      "delete them to start over)")
+    if storage_run is not None:
+        fs, candidates = checkpoint_dirs(*storage_run)
+        candidates = candidates[::-1]
+    elif checkpoint is not None:
+        fs = checkpoint.filesystem
+        candidates = [checkpoint.path, *older_checkpoint_dirs(fs, checkpoint.path)]
+    else:
+        return None
+
+    def load(path: str) -> dict[str, Any]:
+        with ray.train.Checkpoint(path, filesystem=fs).as_directory() as directory:
+            return load_checkpoint(Path(directory) / STATE_FILE)
+
+    found = first_readable(candidates, load, label=lambda p: f"{p}/{STATE_FILE}",
+                           where=str(Path(candidates[0]).parent) if candidates else "",
+                           warn=ray.train.get_context().get_world_rank() == 0)
+    if found is None:
+        return None
+    k, state = found
+    return candidates[k], state, frozenset(dir_name(p) for p in candidates[:k])
 
 
 def _report_epoch(state, row: dict[str, Any], improved: bool, save: bool, *,
@@ -398,10 +411,9 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, worker
     accuracy beside the latest (None: the latest only, all a trial needs)."""
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
 
     resources = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
-    return TorchTrainer(
+    return _trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
@@ -413,6 +425,80 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, worker
             CheckpointConfig(num_to_keep=keep_best, checkpoint_score_attribute="val_robust_acc",
                              checkpoint_score_order="max"),
             callbacks=callbacks or []))
+
+
+def _trainer_class():
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        """A TorchTrainer that leaves SIGINT to the driver's StopSignals and keeps its controller.
+        Ray Train's own handler (main thread only) aborts the run, then exits 0 or 1 without a
+        word while the driver never learns which checkpoints were written (issue 25)."""
+
+        controller = None
+
+        def _register_sigint_handler(self, controller) -> None:
+            self.controller = controller
+
+    return Trainer
+
+
+ABORT_TIMEOUT_S = 60  # for the controller to stop the workers after a signal
+
+
+def abort_run(trainer) -> None:
+    """Stop the Train run of an interrupted driver: its controller stops the workers (an upload
+    under way is cut short; that checkpoint stays incomplete and a resume skips it) and exits."""
+    import ray
+
+    if getattr(trainer, "controller", None) is None:
+        return
+    try:
+        ray.get(trainer.controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
+    except ray.exceptions.RayError:  # the controller exits as it aborts (RayActorError)
+        pass
+
+
+CONNECT_TIMEOUT_S = 3.0  # for a Ray head's GCS port to accept a TCP connection
+
+
+def check_address(address: str) -> None:
+    """Refuse, in one line and within seconds, a Ray address where no cluster answers (`ray.init`
+    would retry it for minutes): host:port (or ray://host:port) must accept a TCP connection;
+    'auto' must find a running cluster (RAY_ADDRESS or the last `ray start` on this machine)
+    that does. Writes nothing. For the train and tune drivers, before anything is written."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    if address == "auto":
+        target = _auto_address()
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address: invalid value {address!r}; allowed: auto or host:port "
+                          "(e.g. 10.0.0.1:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(f"--address: nothing answers at {host}:{port} ({why}); start the cluster "
+                          "(`ray start --head`) or leave --address out to start a local Ray"
+                          ) from None
+
+
+def _auto_address() -> str:
+    """host:port of the cluster `ray.init(address="auto")` would join, or a ConfigError."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        found = canonicalize_bootstrap_address("auto")
+        why = "no RAY_ADDRESS, no `ray start`"
+    except ConnectionError as exc:  # e.g. several clusters run here and none was named
+        found, why = None, (str(exc).strip().splitlines() or ["?"])[0][:120]
+    if not found:
+        raise ConfigError(f"--address: auto finds no Ray cluster to join on this machine ({why});"
+                          " name one as host:port, start one with `ray start --head`, or leave "
+                          "--address out to start a local Ray")
+    return found
 
 
 START_ATTEMPTS = 3  # local Ray starts before a driver gives up
@@ -463,39 +549,30 @@ def launch(cfg: RunConfig, out: Path, **options: Any) -> dict[str, Any]:
 def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float = 0,
             cpus_per_worker: float = 1, address: str | None = None,
             storage_path: str | None = None, name: str | None = None, max_failures: int = 3,
-            progress: bool = True, fault_at_step: int | None = None) -> dict[str, Any]:
-    """Train `cfg` on Ray Train with `workers` ranks; the run directory `out` is kept current."""
-    import json
-
+            progress: bool = True, fault_at_step: int | None = None,
+            stop: StopSignals | None = None) -> dict[str, Any]:
+    """Train `cfg` on Ray Train with `workers` ranks; the run directory `out` is kept current.
+    Under `stop` (the CLI's StopSignals) a signal aborts the run, brings the run directory to the
+    newest checkpoint in storage and raises Interrupted saying which epoch it holds."""
     from adr_scale.data import load_splits, resolve_data
     from adr_scale.engine import open_synthetic, schedule_length
-    from adr_scale.run.directory import RunDir
 
     check_scaling(cfg, workers, gpus_per_worker, max_failures)
+    if address:
+        check_address(address)
     splits = load_splits(cfg.data)  # a bad root fails here, before anything is written
     cfg = resolve_data(cfg, splits.info)  # a generic form's classes and stats, for every worker
     # mixing sizes and the manifest here; the workers build the node's decoded cache
     open_synthetic(cfg, splits.info, 0, max(workers, 1), check_only=True,
                    device="cuda" if gpus_per_worker > 0 else "cpu")
-    storage = storage_path or str((out / "ray").resolve())
-    run_name = name or out.resolve().name
-    run = RunDir(out)
-    stored = stored_checkpoint_config(storage, run_name)
-    if stored is not None:  # the checkpoint's own config counts (config.yaml may be gone)
-        run.check_config(stored[1], cfg, f"Ray checkpoint {stored[0]}")
-    run.prepare(cfg, {"executor": "ray", "storage": storage_path or "default", "name": run_name})
-    (out / DIVERGED_FILE).unlink(missing_ok=True)
-    import ray  # only now: every refusal above comes without Ray's import or start
-
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=True, include_dashboard=None)
-        else:
-            start_local_ray()
-    check_storage_visible(storage)
+    storage, run_name = ray_location(out, storage_path, name)
+    _prepare_run_dir(cfg, out, storage, run_name, storage_path)
     spe, total = schedule_length(cfg, len(splits.train))
-    loop_config: dict[str, Any] = {"config": to_dict(cfg), "report_divergence": True}
+    catch_up_storage(out, cfg, storage, run_name, spe, total)  # a resume after a stop or crash
+    _connect(address, stop)
+    check_storage_visible(storage)
+    loop_config: dict[str, Any] = {"config": to_dict(cfg), "report_divergence": True,
+                                   "storage_run": (storage, run_name)}
     if fault_at_step is not None:
         loop_config |= {"fault_at_step": fault_at_step,
                         "fault_marker": str((out / "fault_injected").resolve())}
@@ -503,8 +580,76 @@ def _launch(cfg: RunConfig, out: Path, *, workers: int, gpus_per_worker: float =
         loop_config, name=run_name, storage=storage, workers=workers, gpus=gpus_per_worker,
         cpus=cpus_per_worker, max_failures=max_failures, keep_best=cfg.train.keep_checkpoints,
         callbacks=[_make_callback(out.resolve(), to_dict(cfg))])
-    with EpochProgress(out, -(-total // spe), progress):
-        trainer.fit()
+    ray_call = stop.translated if stop else nullcontext  # a signal in Ray's blocking calls
+    try:
+        with EpochProgress(out, -(-total // spe), progress), ray_call():
+            trainer.fit()
+    except Interrupted as exc:
+        with ray_call():
+            abort_run(trainer)
+        kept = catch_up_storage(out, cfg, storage, run_name, spe, total)
+        raise Interrupted(exc.signum, kept_detail(kept, -(-total // spe))) from None
+    drop_untracked(storage, run_name)
+    return _outcome(out)
+
+
+def ray_location(out: Path, storage_path: str | None, name: str | None) -> tuple[str, str]:
+    """(storage, run name) of a Ray run directory: OUT/ray and OUT's name unless given."""
+    return storage_path or str((out / "ray").resolve()), name or out.resolve().name
+
+
+def _prepare_run_dir(cfg: RunConfig, out: Path, storage: str, run_name: str,
+                     storage_path: str | None) -> None:
+    from adr_scale.run.directory import RunDir
+
+    run = RunDir(out)
+    stored = stored_checkpoint_config(storage, run_name)
+    if stored is not None:  # the checkpoint's own config counts (config.yaml may be gone)
+        run.check_config(stored[1], cfg, f"Ray checkpoint {stored[0]}")
+    run.prepare(cfg, {"executor": "ray", "storage": storage_path or "default", "name": run_name})
+    (out / DIVERGED_FILE).unlink(missing_ok=True)
+
+
+def _connect(address: str | None, stop: StopSignals | None) -> None:
+    """Join the cluster at `address` or start a local Ray (once per process); then take SIGTERM
+    back from Ray (its handler kills the local Ray under the blocked driver: SIGABRT, exit 134)."""
+    import ray  # only now: every refusal before comes without Ray's import or start
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=True, include_dashboard=None)
+        else:
+            start_local_ray()
+    if stop is not None:
+        stop.install()
+
+
+def catch_up_storage(out: Path, cfg: RunConfig, storage: str, run_name: str, spe: int,
+                     total: int) -> int:
+    """The run directory brought to the newest checkpoint completely in storage, recorded by Ray
+    Train or not (report.catch_up); returns its epoch (0: none)."""
+    from adr_scale.run.files import checkpoint_dirs, dir_name, incomplete, newest_complete
+    from adr_scale.run.outputs import catch_up
+
+    found = newest_complete(storage, run_name)
+    rows = found[1] if found else []
+    fs, dirs = checkpoint_dirs(storage, run_name)
+
+    def copy(epoch: int, dst: Path) -> None:
+        same = [d for d in reversed(dirs) if dir_name(d).startswith(f"epoch-{epoch:04d}")
+                and incomplete(fs, d) is None]  # epoch-0003-r01 before epoch-0003
+        if same:
+            _copy_from_storage(fs, f"{same[0]}/{STATE_FILE}", dst)
+
+    catch_up(out, cfg, rows, total_steps=total, steps_per_epoch=spe, copy_checkpoint=copy)
+    return rows[-1]["epoch"] if rows else 0
+
+
+def _outcome(out: Path) -> dict[str, Any]:
+    """summary.json's dict after fit ({} before a first validation); a divergence's line raised."""
+    import json
+
     diverged = out / DIVERGED_FILE
     if diverged.exists():
         message = diverged.read_text()
@@ -520,6 +665,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_presets:
         print("\n".join(sorted(PRESETS)))
         return 0
+    with StopSignals() as stop:
+        try:
+            return _train(args, stop)
+        except Interrupted as exc:  # no detail: before training, or a second signal meanwhile
+            detail = exc.detail or "the run directory keeps its latest checkpoint, if any"
+            print(f"interrupted ({exc}): {detail}; rerun the same command to resume",
+                  file=sys.stderr)
+            return exc.exit_code
+
+
+def _train(args: argparse.Namespace, stop: StopSignals) -> int:
     try:
         cfg = resolve_config(args)
         if args.print_config:
@@ -531,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         note = batchnorm_note(cfg, args.workers, args.gpus_per_worker)
         if note:  # once per run, before anything starts
             print(f"note: {note}", file=sys.stderr)
+        print(attack_line(cfg), flush=True)
         out = Path(args.out)
         if args.workers == 0:
             from adr_scale.engine import fit  # torch is imported only when there is work to do
@@ -541,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                              cpus_per_worker=args.cpus_per_worker, address=args.address,
                              storage_path=args.storage_path, name=args.name,
                              max_failures=args.max_failures, progress=not args.no_progress,
-                             fault_at_step=args.fault_at_step)
+                             fault_at_step=args.fault_at_step, stop=stop)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

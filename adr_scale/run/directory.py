@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,13 @@ def atomic_torch_save(obj: Any, path: Path, flag: str = "--out") -> None:
     with _no_space_is_one_line(tmp, flag), tmp.open("wb") as f:
         torch.save(obj, f)  # through a Python file, so a full disk is an OSError with its errno
     os.replace(tmp, path)
+
+
+def atomic_copy(src: Path, dst: Path, flag: str = "--out") -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with _no_space_is_one_line(tmp, flag):
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -167,9 +175,12 @@ class RunDir:
         return [(int(m.group(1)), p) for p in self.checkpoints.iterdir()
                 if (m := _EPOCH_FILE.search(p.name))]
 
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch-{epoch:04d}.pt"
+
     def save_epoch(self, state: dict[str, Any], epoch: int, keep: int) -> Path:
         self.checkpoints.mkdir(exist_ok=True)
-        path = self.checkpoints / f"epoch-{epoch:04d}.pt"
+        path = self.epoch_checkpoint(epoch)
         atomic_torch_save(state, path)
         for _, old in sorted(self._epoch_checkpoints())[:-keep]:
             old.unlink(missing_ok=True)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from adr_scale.config import ConfigError
 
 STATE_FILE = "state.pt"  # the engine's checkpoint inside each Ray Train checkpoint directory
 HISTORY_FILE = "history.json"  # the epoch rows, small, so the driver need not fetch state.pt
@@ -18,6 +22,10 @@ CONFIG_FILE = "config.json"  # the resolved config, so the driver compares it be
 SEGMENTS_FILE = "segments.json"  # a PBT trial's learned schedule, in its Tune checkpoints
 DIVERGED_FILE = ".diverged"  # the workers' divergence line, handed to the driver by the callback
 FINISHED_FILE = "finished.json"  # beside a run's checkpoints once its Train run ended normally
+# {file name: size in bytes} of the other files of a Ray Train checkpoint. Ray copies a checkpoint
+# file by file, in no fixed order, so a copy cut short (a signal, a full disk) shows as a file
+# missing or shorter than listed here, or as a missing or torn manifest.
+MANIFEST_FILE = "manifest.json"
 
 # Ray Train checkpoint directory names (train.py): epoch-0003, or epoch-0003-r01 for epoch 3
 # trained again after a resume fell back past a torn epoch-0003 (names sort in training order)
@@ -128,6 +136,89 @@ def write_checkpoint_files(directory: Path, ckpt: dict[str, Any],
     torch.save(ckpt, directory / STATE_FILE)
     (directory / HISTORY_FILE).write_text(json.dumps(history))
     (directory / CONFIG_FILE).write_text(json.dumps(ckpt["config"]))
+    sizes = {n: (directory / n).stat().st_size for n in (STATE_FILE, HISTORY_FILE, CONFIG_FILE)}
+    (directory / MANIFEST_FILE).write_text(json.dumps(sizes))
+
+
+def incomplete(fs, path: str) -> str | None:
+    """Why checkpoint directory `path` is not completely in storage, or None when its manifest
+    reads and every file it lists is there with its size (no state.pt is read)."""
+    import pyarrow.fs as pafs
+
+    try:
+        sizes = read_json(fs, f"{path}/{MANIFEST_FILE}")
+    except FileNotFoundError:
+        return f"{MANIFEST_FILE} is missing"
+    except (OSError, ValueError):
+        return f"{MANIFEST_FILE} is torn"
+    infos = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))}
+    for name, size in sizes.items():
+        info = infos.get(name)
+        if info is None or info.type != pafs.FileType.File:
+            return f"{name} is missing"
+        if info.size != size:
+            return f"{name} holds {info.size} of its {size} bytes"
+    return None
+
+
+def newest_complete(storage: str, run_name: str) -> tuple[str, list[dict[str, Any]]] | None:
+    """(path, epoch rows) of run `run_name`'s newest checkpoint that is completely in storage,
+    whether or not Ray Train's checkpoint manager recorded it (reports queue behind the uploads,
+    so a stopped run can leave newer checkpoints than it recorded); None if none. Reads no
+    state.pt, so it is cheap on s3:// too; a checkpoint from before manifests does not count."""
+    fs, dirs = checkpoint_dirs(storage, run_name)
+    for path in reversed(dirs):
+        if incomplete(fs, path) is None:
+            try:
+                return path, read_json(fs, f"{path}/{HISTORY_FILE}")
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
+
+
+def drop_untracked(storage: str, run_name: str) -> list[str]:
+    """Delete the checkpoint directories of a finished run that Ray Train's checkpoint manager
+    does not track (a stopped run's unrecorded or torn ones; Ray never evicts them); returns
+    their names. Nothing is deleted when the record is missing or unreadable."""
+    fs, dirs = checkpoint_dirs(storage, run_name)
+    try:
+        record = read_json(fs, f"{storage_filesystem(storage)[1]}/{run_name}/{RAY_SNAPSHOT_FILE}")
+        tracked = {r["checkpoint_dir_name"] for r in record["checkpoint_results"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not tracked:
+        return []
+    dropped = [d for d in dirs if dir_name(d) not in tracked]
+    for path in dropped:
+        fs.delete_dir(path)
+    return [dir_name(d) for d in dropped]
+
+
+T = TypeVar("T")
+
+
+def first_readable(candidates: Sequence[T], load: Callable[[T], Any], *, label: Callable[[T], str],
+                   where: str, warn: bool = True) -> tuple[int, Any] | None:
+    """(index, load(candidate)) of the first of `candidates` (newest first) that loads; None when
+    there are none. Each one that does not load (a file torn by a full disk, a signal or a copy
+    cut short) is named in one warning line (when `warn`) and skipped, so the run resumes one
+    checkpoint earlier instead of stopping. Raises ConfigError when none loads. The one fall-back
+    of the in-process run (engine) and of the Ray Train workers (train)."""
+    for k, candidate in enumerate(candidates):
+        try:
+            return k, load(candidate)
+        except Exception as exc:  # torch.load raises RuntimeError, EOFError, OSError, pickle errors
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+            if warn:
+                print(f"warning: checkpoint {label(candidate)} is unreadable ({why}); trying the "
+                      "one before it", file=sys.stderr, flush=True)
+    if candidates:
+        raise ConfigError(f"--out: none of the {len(candidates)} checkpoints in {where!r} is "
+                          "readable; use another --out (or delete them to start over)")
+    return None
 
 
 def write_segment_files(src: Path, dst: Path, segments: list[list[float]], epoch: int,

@@ -30,6 +30,14 @@ class TrainingDiverged(RuntimeError):
     """The training loss or weights became non-finite; the message is one line for the user."""
 
 
+def kept_detail(kept: int, num_epochs: int) -> str:
+    """What a stopped training run kept, for the driver's one line: its newest checkpoint holds
+    `kept` of `num_epochs` epochs (0: none yet)."""
+    if kept == 0:
+        return f"no checkpoint yet of {num_epochs} epochs"
+    return f"the latest checkpoint, after epoch {kept} of {num_epochs}, is kept"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -66,6 +66,8 @@ def _table_row(rows: list[dict[str, Any]], model: str) -> str:
 def summary_markdown(cfg: RunConfig, rows: list[dict[str, Any]], finished: bool,
                      old_text: str = "") -> str:
     a, r = cfg.attack, cfg.adr
+    # an unfinished run (stopped, or still training) has no final epoch yet: its last validated one
+    last, end = ("Final", "epoch") if finished else ("Last", "validated epoch so far")
     adr = (f"ADR tau {r.tau_start:g} -> {r.tau_end:g}, lambda {r.lambda_start:g} -> "
            f"{r.lambda_end:g}" if r.enabled else "ADR off")
     lines = [
@@ -75,15 +77,16 @@ def summary_markdown(cfg: RunConfig, rows: list[dict[str, Any]], finished: bool,
         "",
         f"{adr}; eps {a.eps * 255:.3g}/255; {cfg.train.epochs} epochs, batch {cfg.train.batch_size}"
         f", {cfg.optim.schedule} LR {cfg.optim.lr:g}; seed {cfg.seed}. "
-        f"{'Finished' if finished else 'In progress'}: {len(rows)} epochs, step {rows[-1]['step']}.",
+        f"{'Finished' if finished else 'Not finished'}: {len(rows)} epochs"
+        f"{'' if finished else ' so far'}, step {rows[-1]['step']}.",
         "",
         f"## Validation split (PGD-{a.eval_steps}, model selection)",
         "",
         "Accuracy (%) in the form of the paper's Table 1: *Best* is the epoch with the highest "
-        "validation robust accuracy, *Final* the last epoch, *Diff* = Best - Final (robust "
+        f"validation robust accuracy, *{last}* the last {end}, *Diff* = Best - {last} (robust "
         f"overfitting). Selected model: {'EMA (WA)' if cfg.train.wa else 'student'}.",
         "",
-        f"| model | PGD-{a.eval_steps} Best | Final | Diff | Clean Best | Final | Diff | best epoch |",
+        f"| model | PGD-{a.eval_steps} Best | {last} | Diff | Clean Best | {last} | Diff | best epoch |",
         "|---|---|---|---|---|---|---|---|",
         _table_row(rows, "student"),
         _table_row(rows, "ema"),
@@ -189,6 +192,47 @@ def write_run_outputs(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]],
         plot_schedules(run_dir / "schedules.png", cfg, total_steps, steps_per_epoch,
                        rows[-1]["step"])
     return summary
+
+
+def catch_up(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]], *, total_steps: int,
+             steps_per_epoch: int, copy_checkpoint: Callable[[int, Path], None]) -> None:
+    """Bring a run directory to `rows`, the history of its newest checkpoint, after a signal or a
+    crash stopped the run between that checkpoint and its bookkeeping (or, on Ray, with reports
+    still queued behind the uploads): best.pt and final.pt where summary.json shows them stale,
+    then the metrics, summaries and plots. `copy_checkpoint(epoch, path)` writes epoch `epoch`'s
+    checkpoint to `path` where that checkpoint still exists. Without rows (no checkpoint) metrics.jsonl is
+    emptied: the rerun starts over."""
+    run_dir = Path(run_dir)
+    on_disk = read_metrics(run_dir)
+    if not rows:
+        if on_disk:
+            write_metrics(run_dir, [])
+        return
+    try:
+        before = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        before = {}
+    finished = rows[-1]["epoch"] == -(-total_steps // steps_per_epoch)
+    best = summarize(rows, cfg)["best_epoch"] if validated(rows) else None
+    stale_best = best is not None and (before.get("best_epoch") != best
+                                       or not (run_dir / "best.pt").exists())
+    stale_final = finished and not (before.get("finished") and (run_dir / "final.pt").exists())
+    if stale_best:
+        copy_checkpoint(best, run_dir / "best.pt")
+    if stale_final:
+        copy_checkpoint(rows[-1]["epoch"], run_dir / "final.pt")
+    if stale_best or stale_final or on_disk != rows:
+        write_run_outputs(run_dir, cfg, rows, total_steps=total_steps,
+                          steps_per_epoch=steps_per_epoch, finished=finished)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]] | None:
+    """metrics.jsonl's rows; None when it is absent or torn."""
+    try:
+        return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+                if x]
+    except (OSError, ValueError):
+        return None
 
 
 class RunOutputs:

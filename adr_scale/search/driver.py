@@ -418,6 +418,10 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     restoring = tune.Tuner.can_restore(experiment)
     if resume and not restoring:  # refuse before starting Ray
         raise ConfigError(f"--resume: no search to resume in {experiment!r}")
+    if address:  # nothing answering there: one line now, not Ray's retries for minutes
+        from adr_scale.train import check_address
+
+        check_address(address)
     print(attack_line(space.trial_config(space.warm_start_params() or _low_point(space))))
     record = _space_record(space, num_samples)
     if restoring:  # the same search, or a change that is safe to make mid-way
@@ -485,7 +489,7 @@ def _fit(tuner, stop: StopSignals):
         signal.raise_signal(signal.SIGUSR1)
 
     stop.install()  # ray.init replaced the SIGTERM handler
-    with stop.graceful(ask_tune_to_stop):
+    with stop.graceful(ask_tune_to_stop), stop.translated():  # Ray's own KeyboardInterrupt too
         return tuner.fit()
 
 

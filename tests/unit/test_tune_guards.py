@@ -119,3 +119,10 @@ def test_set_applies_to_every_trial_and_best_yaml_and_refuses_bad_fields(tmp_pat
         code, err = _run(tmp_path, capsys, "--set", flag)
         assert code == 2 and "\n" not in err and err.startswith(message), err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_address_where_nothing_answers_is_one_line_before_anything_is_written(tmp_path, capsys):
+    code, err = _run(tmp_path, capsys, "--address", "127.0.0.1:1")
+    assert code == 2 and "\n" not in err
+    assert err.startswith("error: --address: nothing answers at 127.0.0.1:1")
+    assert not (tmp_path / "out").exists()

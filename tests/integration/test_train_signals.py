@@ -1,0 +1,160 @@
+"""SIGINT and SIGTERM to a real `python -m adr_scale.train` (in-process and on Ray): exit 130 /
+143 with one line and no traceback, the newest checkpoint kept and the run directory saying no
+more than it holds; the same command resumes from it, trains no epoch twice and ends with the
+numbers of an uninterrupted run (issue 25).
+
+Its own module: each CLI run starts its own Ray, so no other test's cluster may be alive meanwhile.
+The signal is sent once the run's second checkpoint exists, so it lands mid-run.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from adr_scale.config import apply_overrides, get_preset
+from adr_scale.engine import fit, load_checkpoint
+from adr_scale.run.files import RAY_SNAPSHOT_FILE, newest_complete
+
+pytestmark = [pytest.mark.slow]
+
+EPOCHS = 6
+OVERRIDES = [f"train.epochs={EPOCHS}", "train.device=cpu", "attack.eval_steps=2"]  # cheap validation
+TIMING = ("seconds", "samples_per_s")  # wall-clock fields of a row; the rest is reproducible
+LINE = re.compile(r"interrupted \((SIG\w+)\): the latest checkpoint, after epoch (\d+) of "
+                  rf"{EPOCHS}, is kept; rerun the same command to resume")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted in-process run of the same config, on one CPU thread like every run here
+    (a Ray worker's torch uses its one CPU; other thread counts change float summation order,
+    which can flip a validation image)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(apply_overrides(get_preset("smoke"), OVERRIDES), out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _cmd(out, *options):
+    sets = [x for o in OVERRIDES for x in ("--set", o)]
+    return [sys.executable, "-m", "adr_scale.train", "--preset", "smoke", *sets, "--out",
+            str(out), "--no-progress", *options]
+
+
+def _run(cmd, log, trigger=None, signum=None, limit_s=400):
+    """Run `cmd` (output to `log`); once `trigger` exists, send it `signum`. Returns
+    (exit status, output, seconds from the signal to the exit)."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # see `reference`
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + limit_s
+            while trigger is not None and not trigger.exists():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"{trigger} never appeared"
+                time.sleep(0.05)
+            sent = time.monotonic()
+            if signum is not None:
+                proc.send_signal(signum)
+            proc.wait(timeout=limit_s)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, log.read_text(), time.monotonic() - sent
+
+
+def _kept(output, signum) -> int:
+    """The epoch the one interrupt line says is kept; no traceback, no second line."""
+    assert "Traceback" not in output, output[-3000:]
+    lines = [x for x in output.splitlines() if x.startswith("interrupted")]
+    assert len(lines) == 1, lines
+    match = LINE.fullmatch(lines[0])
+    assert match and match.group(1) == signal.Signals(signum).name, lines[0]
+    return int(match.group(2))
+
+
+def _rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_numbers(rows, reference_rows):
+    """Every field but the wall clock equal; the mean training loss to float rounding."""
+    assert len(rows) == len(reference_rows)
+    for row, ref in zip(rows, reference_rows, strict=True):
+        assert row.keys() == ref.keys()
+        for key in row.keys() - set(TIMING):
+            if key == "train_loss":
+                assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["epoch"], key)
+            else:
+                assert row[key] == ref[key], (row["epoch"], key)
+
+
+@pytest.mark.timeout(600)
+def test_in_process_run_stops_on_sigint_and_resumes_to_the_same_numbers(tmp_path, reference):
+    out = tmp_path / "run"
+    cmd = _cmd(out, "--workers", "0")
+    code, output, took = _run(cmd, tmp_path / "first.log", out / "checkpoints" / "epoch-0002.pt",
+                              signal.SIGINT)
+    assert code == 130, output[-3000:]
+    kept = _kept(output, signal.SIGINT)
+    assert 2 <= kept < EPOCHS and took < 30
+    assert [r["epoch"] for r in _rows(out)] == list(range(1, kept + 1))
+    newest = max(out.glob("checkpoints/epoch-*.pt"))
+    assert newest.name == f"epoch-{kept:04d}.pt"
+    assert json.loads((out / "summary.json").read_text())["finished"] is False
+    assert not (out / "final.pt").exists()
+
+    code, output, _ = _run(cmd, tmp_path / "rerun.log")
+    assert code == 0, output[-3000:]
+    _same_numbers(_rows(out), _rows(reference))
+    a, b = load_checkpoint(out / "final.pt"), load_checkpoint(reference / "final.pt")
+    assert a["step"] == b["step"] == EPOCHS * 18
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ray_run_stops_on_a_signal_and_resumes_from_the_newest_checkpoint(tmp_path, signum,
+                                                                          reference):
+    """Ray Train records a checkpoint only when its controller takes the report, which queues
+    behind the upload: the run can stop with newer checkpoints on disk than recorded. The rerun
+    starts after the newest one on disk, and trains no epoch twice."""
+    out = tmp_path / "run"
+    storage = out / "ray" / "run"
+    cmd = _cmd(out, "--workers", "1")
+    code, output, took = _run(cmd, tmp_path / "first.log", storage / "epoch-0002" /
+                              "manifest.json", signum)
+    assert code == 128 + signum, output[-3000:]
+    kept = _kept(output, signum)
+    assert 2 <= kept < EPOCHS and took < 60
+    newest_path, newest_rows = newest_complete(str(out / "ray"), "run")
+    assert newest_path.endswith(f"epoch-{kept:04d}")  # the line names the newest one on disk
+    before = _rows(out)
+    assert before == newest_rows  # the run directory caught up with it, and says no more
+    assert [r["epoch"] for r in before] == list(range(1, kept + 1))
+
+    code, output, _ = _run(cmd, tmp_path / "rerun.log")
+    assert code == 0, output[-3000:]
+    assert set(re.findall(r"resuming after epoch (\d+) \(step (\d+)\)", output)) == {
+        (str(kept), str(kept * 18))}  # Ray may echo a worker's line twice
+    rows = _rows(out)
+    assert rows[:kept] == before  # carried over, not trained again (same wall-clock seconds)
+    _same_numbers(rows, _rows(reference))
+    assert json.loads((out / "summary.json").read_text())["finished"] is True
+    tracked = {r["checkpoint_dir_name"] for r in
+               json.loads((storage / RAY_SNAPSHOT_FILE).read_text())["checkpoint_results"]}
+    assert {p.name for p in storage.glob("epoch-*")} == tracked  # none left behind

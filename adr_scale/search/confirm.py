@@ -251,7 +251,8 @@ def report_section(space: SearchSpace, rows: list[Confirmed], rho: float, out: P
     lines = [
         "## Confirmation at full length",
         "",
-        f"The top {space.confirm_top_k} searched schedules, the paper's schedule and plain AT "
+        f"The top {space.confirm_top_k} searched "
+        f"schedule{'s' if space.confirm_top_k > 1 else ''}, the paper's schedule and plain AT "
         f"(lambda 0) at full length ({epochs} epochs), {how} ({seconds / 60:.1f} min). Validation "
         "PGD robust and clean accuracy (%) of each run's best validated epoch, mean +- std over "
         "the seeds it ran; the differences are paired by seed (two-sided paired t test) over the "

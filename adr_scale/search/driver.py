@@ -697,6 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     if not best:
         print("error: no trial finished; see the Ray Tune output above", file=sys.stderr)
         return 1
+    import ray
+
+    if ray.is_initialized():  # the workers' forwarded log lines end here, before the answer
+        ray.shutdown()
     print_answer(best, out, space)
     return 0
 

@@ -144,3 +144,18 @@ def test_a_signal_inside_a_blocking_call_that_raises_keyboard_interrupt_leaves_a
             except KeyboardInterrupt:
                 raise KeyboardInterrupt from None  # what Ray raises instead
     assert caught.value.exit_code == 130 and isinstance(caught.value, KeyboardInterrupt)
+
+
+def test_the_first_signal_asks_a_graceful_stage_to_stop_and_the_second_quits_at_once():
+    asked = []
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        with pytest.raises(Interrupted) as caught, stop.graceful(asked.append):
+            signal.raise_signal(signal.SIGTERM)  # first: the stage is asked, nothing raised
+            assert asked == [signal.SIGTERM] and stop.received == signal.SIGTERM
+            signal.raise_signal(signal.SIGINT)  # second, while shutting down: at once
+        assert caught.value.signum == signal.SIGINT and caught.value.exit_code == 130
+        with pytest.raises(Interrupted) as again, stop.graceful(asked.append):
+            pass  # a stage started after a signal does not run
+        assert again.value.exit_code == 143 and asked == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored

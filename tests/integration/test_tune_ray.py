@@ -36,12 +36,13 @@ def _search(tmp_path, space, out):
 @pytest.mark.timeout(600)
 def test_asha_stops_weak_trials_confirms_and_best_yaml_trains(tmp_path):
     """References (run to the budget) and ASHA in the search (3 trials of 2 epochs), then the
-    confirmation stage (top 1 + the paper's schedule + AT, 2 seeds, 1 full-length epoch): best.yaml is the confirmed
-    winner. Nine TorchTrainer.fit calls in all, each mostly Ray start-up: the epochs are kept
-    short and the validation attack cheap (PGD-3)."""
+    confirmation stage, a race (top 1 + the paper's schedule + AT, 2 to 3 seeds, 1 full-length
+    epoch): best.yaml is the race's winner, and the runs trained are the ones the race's
+    bookkeeping names. Nine to eleven TorchTrainer.fit calls in all, each mostly Ray start-up:
+    the epochs are kept short and the validation attack cheap (PGD-3)."""
     out = tmp_path / "search"
     space = _space(tmp_path, epochs=2, samples=3, lr=True, long_epochs=1,
-                   confirm={"top_k": 1, "seeds": 2, "max_concurrent": 2})
+                   confirm={"top_k": 1, "min_seeds": 2, "seeds": 3, "max_concurrent": 2})
     raw = yaml.safe_load(space.read_text())
     raw["fixed"]["attack.eval_steps"] = 3  # in every trial, confirmation run and best.yaml
     space.write_text(yaml.safe_dump(raw))
@@ -68,7 +69,15 @@ def test_asha_stops_weak_trials_confirms_and_best_yaml_trains(tmp_path):
     rows = [line for line in report.splitlines() if line.startswith(("| AT", "| paper", "| search-1"))]
     assert len(rows) == 3 and sum("**(winner)**" in r for r in rows) == 1, rows
     winner = next(r for r in rows if "**(winner)**" in r).split()[1]
-    assert all(" +- " in r for r in rows)  # mean +- std over the 2 seeds
+    assert all(" +- " in r for r in rows)  # mean +- std over 2 or 3 seeds
+    finished = {p.parent.name for p in (out / "ray").glob("smoke-confirm-*/finished.json")}
+    for r in rows:  # the seeds column is the runs each candidate trained; 2 only if it stopped
+        cells = [c.strip() for c in r.split("|")]
+        name, seeds, race = cells[1].split()[0], int(cells[4]), cells[-2]
+        assert {f"smoke-confirm-{name}-s{s}" for s in range(seeds)} <= finished, (r, finished)
+        assert seeds == 3 or race.startswith("stopped after 2 seeds") or (
+            "**(winner)**" in r and all(c.count("stopped after 2") for c in rows if c != r)), r
+    assert f"- Full-length runs: {len(finished)} ({len(finished)} epochs)" in report
     best = load_yaml(out / "best.yaml")
     assert best.train.epochs == 1  # the space's long_run length, not the search fidelity (2)
     assert best.attack.eval_steps == 3  # the space's fixed fields

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def _space(tmp_path, *, scheduler=None, epochs=1):
     raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     raw |= {"budget": {"epochs": epochs}, "confirm": {"top_k": 0}, "num_samples": 2,
-            "max_concurrent": 1}
+            "max_concurrent": 1, "references": False}  # two searched points: resume is under test
     if scheduler:
         raw["scheduler"] = scheduler
     path = tmp_path / "space.yaml"

@@ -58,6 +58,7 @@ def test_pbt_exploits_and_best_yaml_replays_the_winners_schedule(tmp_path):
 
     raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     raw |= {"name": "smoke-pbt", "budget": {"epochs": 3}, "num_samples": 2, "max_concurrent": 2,
+            "references": False,  # a population of two sampled points: the exploit is under test
             "confirm": {"top_k": 0}, "long_run": {"train.epochs": 3},  # replay at the same steps
             "scheduler": {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
                           "synch": True}}

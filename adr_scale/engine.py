@@ -496,7 +496,7 @@ def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epo
     (at least train.checkpoint_minutes apart) keep both off most epochs of a long run; the last
     epoch (or until_epoch, where a later call continues) always validates and saves. Every rank
     takes the same decisions (the minutes by rank 0's clock), since both are collectives.
-    The same loop runs in-process (`fit`) and on every Ray Train worker (`adr_scale.train`).
+    The same loop runs in-process (`fit`) and on every Ray Train worker (`adr_scale.ray_adapter`).
     """
     rank, world = rank_and_world()
     t = state.cfg.train

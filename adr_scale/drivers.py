@@ -15,7 +15,8 @@ from typing import Any
 from adr_scale.cli import check_address, check_scaling
 from adr_scale.config import RunConfig, to_dict
 from adr_scale.data import load_splits, resolve_data
-from adr_scale.engine import open_synthetic, schedule_length
+from adr_scale.data.mixing import open_synthetic
+from adr_scale.engine import schedule_length
 from adr_scale.interrupt import Interrupted, StopSignals
 from adr_scale.run.directory import RunDir
 from adr_scale.run.files import (

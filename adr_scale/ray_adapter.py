@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from adr_scale.checkpoint import load_checkpoint
 from adr_scale.config import ConfigError, from_dict, validate
 from adr_scale.data import ArrayDataset, load_splits
-from adr_scale.engine import build_state, checkpoint_state, load_state, open_synthetic, run_epochs
+from adr_scale.data.mixing import open_synthetic
+from adr_scale.engine import build_state, checkpoint_state, load_state, run_epochs
 from adr_scale.interrupt import StopSignals
 from adr_scale.run.directory import atomic_write_text
 from adr_scale.run.files import (

@@ -41,13 +41,12 @@ from adr_scale.data import (
     augment,
     eval_batches,
     load_splits,
-    real_stream_batches,
     resolve_data,
     steps_per_epoch,
     to_float,
-    train_batches,
 )
 from adr_scale.data.loader import inherit_data
+from adr_scale.data.mixing import coverage_line, epoch_batches, open_synthetic
 from adr_scale.distributed import (
     all_sum,
     average_gradients,
@@ -300,24 +299,6 @@ def validate_models(state: TrainState, val: ArrayDataset) -> dict[str, float]:
     return row
 
 
-def _epoch_batches(state: TrainState, train: ArrayDataset, synthetic, rank: int, world: int):
-    """This epoch's (images, labels) on the device, real only or mixed with synthetic images."""
-    cfg = state.cfg
-    if synthetic is None:
-        yield from train_batches(train, cfg.train.batch_size, cfg.seed, state.epoch, state.device,
-                                 rank=rank, world_size=world)
-        return
-    from adr_scale.data.synthetic import concat_batches, mixed_batch_sizes
-
-    real_rank, _ = mixed_batch_sizes(cfg.train.batch_size, cfg.data.synthetic_fraction, world)
-    first = state.epoch * state.steps_per_epoch
-    real = real_stream_batches(train, real_rank * world, cfg.seed, first, state.steps_per_epoch,
-                               state.device, rank=rank, world_size=world)
-    for real_batch, synth_batch in zip(real, synthetic.steps(first, state.steps_per_epoch),
-                                       strict=True):
-        yield concat_batches(real_batch, synth_batch)
-
-
 def check_finite(state: TrainState, losses: list[torch.Tensor], first: int) -> None:
     """Stop at a non-finite loss among losses[first:] (this epoch's, on the device).
 
@@ -360,7 +341,7 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
     losses = []
     first_step = state.step
     start = time.perf_counter()
-    for images, labels in _epoch_batches(state, train, synthetic, rank, world_size):
+    for images, labels in epoch_batches(state, train, synthetic, rank, world_size):
         if state.step >= state.total_steps:
             break
         losses.append(train_step(state, images, labels))
@@ -389,51 +370,6 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
                 "synthetic_distinct_seen": synthetic.distinct_seen,  # this rank's draws (Ray keeps rank 0's)
                 "synthetic_bad_shards": len(synthetic.synth.bad_shards)}
     return row
-
-
-def open_synthetic(cfg: RunConfig, info: DatasetInfo, rank: int = 0, world_size: int = 1, *,
-                   device: torch.device | str = "cpu", check_only: bool = False):
-    """The rank's SyntheticLoader for `data.synthetic` (None without), after checking the shards
-    fit the dataset and the batch splits across the ranks. The first process on a node builds the
-    decoded cache (the others wait for it); check_only (the Ray driver) reads the manifest and
-    refuses what opening the cache here would refuse, without building it."""
-    if not cfg.data.synthetic:
-        return None
-    from adr_scale.data.synthetic import (
-        SyntheticLoader,
-        SyntheticSet,
-        check_cache,
-        describe_shards,
-        mixed_batch_sizes,
-    )
-
-    _, synth_rank = mixed_batch_sizes(cfg.train.batch_size, cfg.data.synthetic_fraction, world_size)
-    _, num_classes, shape = describe_shards(cfg.data.synthetic)
-    expected = (info.in_channels, info.image_size, info.image_size)
-    if shape != expected or num_classes != info.num_classes:
-        raise ConfigError(f"data.synthetic: shards hold {num_classes}-class images of shape "
-                          f"{shape}; {cfg.data.dataset} needs {info.num_classes} classes of shape "
-                          f"{expected}")
-    resident = cfg.data.synthetic_device == "cuda"
-    if resident and torch.device(device).type != "cuda":
-        raise ConfigError(f"data.synthetic_device: 'cuda' with train.device {cfg.train.device!r} "
-                          f"resolved to {torch.device(device).type}; allowed: cpu, or cuda on a GPU run")
-    if check_only:  # the node's cache as far as it can be judged without building it
-        check_cache(cfg.data.synthetic, cfg.data.synthetic_cache, cfg.data.skip_bad_shards)
-        return None
-    synth = SyntheticSet(cfg.data.synthetic, cfg.data.synthetic_cache, cfg.data.skip_bad_shards,
-                         tar_reader=cfg.data.tar_reader, progress=rank == 0)
-    return SyntheticLoader(synth, synth_rank, seed=cfg.seed, rank=rank, device=device,
-                           resident=resident)
-
-
-def coverage_line(state: TrainState, synthetic) -> str:
-    """What share of the synthetic set this run can be expected to see (uniform draws)."""
-    cfg = state.cfg
-    draws = state.total_steps * round(cfg.data.synthetic_fraction * cfg.train.batch_size)
-    n = len(synthetic.synth)
-    return (f"synthetic: {n:,} images; {draws:,} draws in {state.total_steps:,} steps, expected "
-            f"{100 * (1 - math.exp(-draws / n)):.1f} % of the images seen at least once")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +432,7 @@ def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epo
     (at least train.checkpoint_minutes apart) keep both off most epochs of a long run; the last
     epoch (or until_epoch, where a later call continues) always validates and saves. Every rank
     takes the same decisions (the minutes by rank 0's clock), since both are collectives.
-    The same loop runs in-process (`fit`) and on every Ray Train worker (`adr_scale.train`).
+    The same loop runs in-process (`fit`) and on every Ray Train worker (`adr_scale.ray_adapter`).
     """
     rank, world = rank_and_world()
     t = state.cfg.train

@@ -1,6 +1,6 @@
 """Where one TorchTrainer.fit of a tiny 1-epoch run spends its time, and what Ray Train settings cut it.
 
-Each run is `adr_scale.train.launch` (the product's path: make_trainer, the worker loop, the run
+Each run is `adr_scale.drivers.launch` (the product's path: make_trainer, the worker loop, the run
 directory callback) on the smoke preset for one epoch, 1 worker, on one local Ray started once.
 Variants differ only in Ray Train environment variables, which a fit reads when it starts (the
 driver reads RAY_TRAIN_METRICS_ENABLED; the controller and its workers get the others through
@@ -153,7 +153,7 @@ def phases(start: float, end: float, epoch_s: float) -> dict[str, float]:
 def main() -> None:
     import ray
 
-    from adr_scale.train import launch
+    from adr_scale.drivers import launch
 
     args = parse_args()
     names = args.variants.split(",")

@@ -1,6 +1,6 @@
 """Training throughput (samples/s) of 1 and 2 Ray Train workers on the same global batch.
 
-Each run trains `--steps` optimizer steps of PGD-AT + ADR through `adr_scale.train.launch` (the
+Each run trains `--steps` optimizer steps of PGD-AT + ADR through `adr_scale.drivers.launch` (the
 product's own code path) on the bundled digits; throughput is the training part of each epoch
 (validation excluded), as recorded in metrics.jsonl. Both runs happen in one process, one after
 the other, on the same local Ray cluster, and the ratio is printed.
@@ -43,7 +43,7 @@ def throughput(rows: list[dict], batch_size: int) -> float:
 def main() -> None:
     import ray
 
-    from adr_scale.train import launch
+    from adr_scale.drivers import launch
 
     args = parse_args()
     counts = [int(w) for w in args.workers.split(",")]

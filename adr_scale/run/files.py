@@ -8,6 +8,7 @@ gs:// (pyarrow.fs).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -55,6 +56,15 @@ def storage_filesystem(storage: str):
 def read_json(fs, path: str) -> Any:
     with fs.open_input_stream(path) as f:
         return json.loads(f.read().decode())
+
+
+def copy_from_storage(fs, src: str, dst: Path) -> None:
+    """File `src` of filesystem `fs` copied to `dst` whole or not at all (a temporary beside it)."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with fs.open_input_stream(src) as fin, tmp.open("wb") as fout:
+        while chunk := fin.read(1 << 24):
+            fout.write(chunk)
+    os.replace(tmp, dst)
 
 
 def checkpoint_dirs(storage: str, run_name: str) -> tuple[Any, list[str]]:

@@ -1,10 +1,10 @@
 """`python -m adr_scale.tune`: search ADR's tau / lambda annealing ranges with Ray Tune + Optuna.
 
-Every trial is a Ray Train run of the same training code as `adr_scale.train` (a TorchTrainer
-with TuneReportCallback, as Ray 2.60 requires); Optuna (TPE or random, in a SQLite or PostgreSQL
-study) proposes the ranges; successive halving (synchronous) or ASHA stops weak trials early,
-or PBT learns a schedule. The objective is validation PGD robust accuracy (`objective: pareto`
-adds clean accuracy); the test set is never used.
+Every trial is a Ray Train run of the same training code as `adr_scale.train`
+(`ray_adapter.make_trainer`, with TuneReportCallback, as Ray 2.60 requires); Optuna (TPE or
+random, in a SQLite or PostgreSQL study) proposes the ranges; successive halving (synchronous)
+or ASHA stops weak trials early, or PBT learns a schedule. The objective is validation PGD
+robust accuracy (`objective: pareto` adds clean accuracy); the test set is never used.
 
 Examples:
   python -m adr_scale.tune --space search_spaces/smoke.yaml --out runs/search-smoke
@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adr_scale.cli import OneLineParser
+from adr_scale.cli import OneLineParser, check_address
 from adr_scale.config import ConfigError, attack_line, to_dict
 from adr_scale.interrupt import Interrupted, StopSignals
 from adr_scale.run.files import (
@@ -107,7 +107,7 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
     not one epoch past its rung, and a stopped one leaves no Train run to tear down."""
     import ray.tune
 
-    from adr_scale.train import make_trainer
+    from adr_scale.ray_adapter import make_trainer
 
     sampled = {p.name: params[p.name] for p in space.params}
     cfg = space.trial_config(sampled)
@@ -200,8 +200,8 @@ def _train_segment(space, cfg, segments, lineage, start, done: int, until: int, 
     import ray.tune
 
     from adr_scale.config import validate
+    from adr_scale.ray_adapter import make_trainer
     from adr_scale.schedules import format_segments
-    from adr_scale.train import make_trainer
 
     cfg = validate(dataclasses.replace(cfg, adr=dataclasses.replace(
         cfg.adr, segments=format_segments([tuple(s) for s in segments]))))
@@ -419,8 +419,6 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     if resume and not restoring:  # refuse before starting Ray
         raise ConfigError(f"--resume: no search to resume in {experiment!r}")
     if address:  # nothing answering there: one line now, not Ray's retries for minutes
-        from adr_scale.train import check_address
-
         check_address(address)
     print(attack_line(space.trial_config(space.warm_start_params() or _low_point(space))))
     record = _space_record(space, num_samples)
@@ -440,7 +438,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         if address:
             ray.init(address=address)
         else:
-            from adr_scale.train import start_local_ray
+            from adr_scale.ray_adapter import start_local_ray
 
             start_local_ray(max(os.cpu_count() or 1, at_once * (1 + math.ceil(workers * cpus))),
                             resources={SEARCH_SLOT: max_concurrent})
@@ -541,8 +539,8 @@ def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from adr_scale.config import apply_overrides
+    from adr_scale.ray_adapter import make_trainer
     from adr_scale.search.confirm import run_name
-    from adr_scale.train import make_trainer
 
     name, seed = config["run"]
     cfg = apply_overrides(space.long_run_config(candidates[name]), [f"seed={seed}"])

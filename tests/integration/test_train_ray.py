@@ -31,7 +31,7 @@ def _without_time(rows):
 def ray_cluster():
     import ray
 
-    from adr_scale.train import start_local_ray
+    from adr_scale.ray_adapter import start_local_ray
 
     start_local_ray(4)  # RAY_ADDRESS in its workers: Train's cleaner works beside another Ray
     yield
@@ -40,7 +40,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def two_worker_run(ray_cluster, tmp_path_factory):
-    from adr_scale.train import launch
+    from adr_scale.drivers import launch
 
     out = tmp_path_factory.mktemp("ray") / "two"
     summary = launch(apply_overrides(get_preset("smoke"), EXACT), out, workers=2, max_failures=0,
@@ -66,7 +66,7 @@ def test_two_workers_match_one_process(two_worker_run, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_crashed_worker_is_restarted_from_the_last_checkpoint(two_worker_run, tmp_path):
-    from adr_scale.train import launch
+    from adr_scale.drivers import launch
 
     reference, _ = two_worker_run
     out = tmp_path / "crash"
@@ -84,7 +84,7 @@ def test_crashed_worker_is_restarted_from_the_last_checkpoint(two_worker_run, tm
 
 def test_batch_that_does_not_split_is_refused(tmp_path):
     from adr_scale.config import ConfigError
-    from adr_scale.train import launch
+    from adr_scale.drivers import launch
 
     with pytest.raises(ConfigError, match=r"train.batch_size: 64 does not split evenly across 3 "
                                           r"workers; use a multiple of 3, e.g. 63 or 66"):
@@ -96,8 +96,8 @@ def test_batch_that_does_not_split_is_refused(tmp_path):
 def test_diverged_ray_run_stops_once_with_one_line(ray_cluster, tmp_path):
     """On Ray: the workers report the divergence instead of raising, so Ray does
     not restart them (max_failures=3 would rerun a run that diverges again) and nothing is saved."""
+    from adr_scale.drivers import launch
     from adr_scale.run.lock import TrainingDiverged
-    from adr_scale.train import launch
 
     cfg = apply_overrides(get_preset("smoke"), ["train.device=cpu", "optim.lr=1e6",
                                                 "train.log_every=2"])
@@ -113,7 +113,7 @@ def test_ray_run_dir_refuses_another_config_and_the_in_process_path(two_worker_r
     """On Ray: the Ray checkpoint's config counts without config.yaml, and
     --workers 0 on a Ray run directory is refused before anything is written."""
     from adr_scale.config import ConfigError
-    from adr_scale.train import launch
+    from adr_scale.drivers import launch
 
     out, _ = two_worker_run
     (out / "config.yaml").unlink()

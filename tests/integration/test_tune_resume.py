@@ -346,7 +346,7 @@ def test_neither_scheduler_stops_a_reference_trial(tmp_path):
 
 PROBE = r'''
 import ray
-from adr_scale.train import start_local_ray
+from adr_scale.ray_adapter import start_local_ray
 
 start_local_ray(1)
 
@@ -371,7 +371,7 @@ def test_workers_of_a_search_find_their_ray_beside_another_one(tmp_path):
     """With a second local Ray running, the State API in a search's workers (where Ray Train
     cleans up a stopped trial's placement group) finds the search's own cluster, not "multiple
     active Ray instances"."""
-    other = subprocess.Popen([sys.executable, "-c", "import time; from adr_scale.train import "
+    other = subprocess.Popen([sys.executable, "-c", "import time; from adr_scale.ray_adapter import "
                               "start_local_ray; start_local_ray(1); print('up', flush=True); "
                               "time.sleep(600)"],  # start_local_ray: retried on a busy box
                              stdout=subprocess.PIPE, text=True, start_new_session=True)

@@ -9,7 +9,8 @@ import torch
 
 from adr_scale.config import ConfigError, apply_overrides, get_preset
 from adr_scale.data import load_splits
-from adr_scale.engine import _epoch_batches, build_state, fit, open_synthetic
+from adr_scale.data.mixing import epoch_batches, open_synthetic
+from adr_scale.engine import build_state, fit
 from data_pipeline.shard_npz import shard_npz
 
 pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py
@@ -43,7 +44,7 @@ def test_every_batch_on_every_rank_holds_the_exact_fraction(shards, world):
     seen_real = []
     for rank in range(world):
         stream = open_synthetic(cfg, splits.info, rank, world)
-        batches = list(_epoch_batches(state, splits.train, stream, rank, world))
+        batches = list(epoch_batches(state, splits.train, stream, rank, world))
         assert len(batches) == 19
         for images, labels in batches:
             assert images.shape == (64 // world, 1, 8, 8) and labels.shape == (64 // world,)

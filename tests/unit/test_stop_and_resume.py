@@ -16,7 +16,8 @@ from adr_scale.run.outputs import catch_up, read_metrics
 
 def test_an_address_where_nothing_answers_is_one_line_within_seconds_and_writes_nothing(
         tmp_path, capsys):
-    from adr_scale.train import check_address, main
+    from adr_scale.cli import check_address
+    from adr_scale.train import main
 
     out = tmp_path / "run"
     start = time.monotonic()

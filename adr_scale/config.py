@@ -186,7 +186,7 @@ _CHANNELS = {"cifar10": 3, "cifar100": 3, "digits": 1, "tinyimagenet200": 3, "sv
 
 
 def _data_checks(d: DataConfig) -> list[tuple[str, Any, bool, str]]:
-    """The checks of the dataset fields added with the generic forms (issue 23)."""
+    """The checks of the dataset fields of the generic forms."""
     named_size, named_channels = _IMAGE_SIZE.get(d.dataset), _CHANNELS.get(d.dataset)
     stats_ok = {k: v is None or (len(v) >= 1 and all(isinstance(x, float) for x in v))
                 for k, v in (("mean", d.mean), ("std", d.std))}

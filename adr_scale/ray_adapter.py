@@ -285,7 +285,7 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, worker
 class Trainer(TorchTrainer):
     """A TorchTrainer that leaves SIGINT to the driver's StopSignals and keeps its controller.
     Ray Train's own handler (main thread only) aborts the run, then exits 0 or 1 without a
-    word while the driver never learns which checkpoints were written (issue 25)."""
+    word while the driver never learns which checkpoints were written."""
 
     controller = None
 

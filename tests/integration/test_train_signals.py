@@ -1,7 +1,7 @@
 """SIGINT and SIGTERM to a real `python -m adr_scale.train` (in-process and on Ray): exit 130 /
 143 with one line and no traceback, the newest checkpoint kept and the run directory saying no
 more than it holds; the same command resumes from it, trains no epoch twice and ends with the
-numbers of an uninterrupted run (issue 25).
+numbers of an uninterrupted run.
 
 Its own module: each CLI run starts its own Ray, so no other test's cluster may be alive meanwhile.
 The signal is sent once the run's second checkpoint exists, so it lands mid-run.

@@ -1,5 +1,5 @@
 """What a stop leaves and what a resume finds, without Ray: --address where nothing answers,
-checkpoints cut short in storage, the run directory brought to the newest checkpoint (issue 25)."""
+checkpoints cut short in storage, the run directory brought to the newest checkpoint."""
 
 import json
 import signal

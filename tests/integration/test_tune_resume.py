@@ -187,7 +187,7 @@ def test_reconcile_restored_searcher_with_the_trials_and_the_study(tmp_path, cap
 
     space = load_space(_space(tmp_path))
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    search = _searcher(space, url, 1)
+    search = _searcher(space, url, 1, space.num_samples)
     limiter, optuna_search = search.searcher, search.searcher.searcher
     study = optuna.load_study(study_name="smoke", storage=url)
     config0 = limiter.suggest("t0")

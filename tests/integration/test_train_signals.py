@@ -24,7 +24,7 @@ from adr_scale.run.files import RAY_SNAPSHOT_FILE, newest_complete
 
 pytestmark = [pytest.mark.slow]
 
-EPOCHS = 6
+EPOCHS = 12  # the signal lands after epoch 2; a Ray run takes 6-14 s to stop, ~2 s an epoch here
 OVERRIDES = [f"train.epochs={EPOCHS}", "train.device=cpu", "attack.eval_steps=2"]  # cheap validation
 TIMING = ("seconds", "samples_per_s")  # wall-clock fields of a row; the rest is reproducible
 LINE = re.compile(r"interrupted \((SIG\w+)\): the latest checkpoint, after epoch (\d+) of "

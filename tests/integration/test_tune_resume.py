@@ -21,10 +21,10 @@ import yaml
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _space(tmp_path, *, scheduler=None, epochs=1):
+def _space(tmp_path, *, scheduler=None, epochs=1, references=False):
     raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     raw |= {"budget": {"epochs": epochs}, "confirm": {"top_k": 0}, "num_samples": 2,
-            "max_concurrent": 1, "references": False}  # two searched points: resume is under test
+            "max_concurrent": 1, "references": references}  # two trials: resume is under test
     if scheduler:
         raw["scheduler"] = scheduler
     path = tmp_path / "space.yaml"
@@ -272,7 +272,8 @@ def test_asha_ranks_a_resumed_search_against_the_rungs_recorded_before_the_kill(
     from adr_scale.search.space import METRIC, load_space
 
     space = load_space(_space(tmp_path, scheduler={"type": "asha", "grace_period": 1,
-                                                   "reduction_factor": 2}, epochs=4))
+                                                   "reduction_factor": 2}, epochs=4,
+                              references=True))
     fresh = _scheduler(space, state_dir=tmp_path)
     pickled = pickle.dumps(fresh)  # what Tuner.restore gets back: the scheduler at the start
     t0, t1, t2 = (Trial("run_trial", trial_id=f"t{k}", stub=True) for k in range(3))
@@ -314,7 +315,8 @@ def test_neither_scheduler_stops_a_reference_trial(tmp_path):
     from adr_scale.search.space import METRIC, load_space
 
     space = load_space(_space(tmp_path, scheduler={"type": "asha", "grace_period": 1,
-                                                   "reduction_factor": 2}, epochs=4))
+                                                   "reduction_factor": 2}, epochs=4,
+                              references=True))
     paper, at = space.reference_points().values()
     names = [p.name for p in space.params]
     sampled = [dict(zip(names, (1.5 + k / 10, 0.4, 0.3, 0.2), strict=True)) for k in range(3)]
@@ -330,7 +332,8 @@ def test_neither_scheduler_stops_a_reference_trial(tmp_path):
     assert rung_1 == {"t0": 0.9, "t1": 0.95, "rp": 0.1, "ra": 0.05, "t2": 0.04}
 
     space = load_space(_space(tmp_path, scheduler={"type": "halving", "grace_period": 1,
-                                                   "reduction_factor": 3}, epochs=3))
+                                                   "reduction_factor": 3}, epochs=3,
+                              references=True))
     halving = _scheduler(space, num_samples=4, state_dir=tmp_path)  # 2 references + 2 sampled
     halving.on_trial_add(None, t0)
     assert halving.on_trial_result(None, t0, {"epoch": 1, METRIC: 0.9}) == TrialScheduler.PAUSE

@@ -9,25 +9,13 @@ import pytest
 import torch
 
 from adr_scale import evaluate as ev
-from adr_scale.config import apply_overrides, get_preset
-from adr_scale.engine import fit
 
 EPS = 16 / 255  # the smoke preset's training radius (digits are 8x8: 8/255 barely moves them)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("evaluate") / "run"
-    cfg = apply_overrides(get_preset("smoke"), ["train.device=cpu", "train.epochs=4"])
-    fit(cfg, out, progress=False)
-    return out
-
-
-def _opts(**kw):
-    base = dict(eps=EPS, device="cpu", progress=False, batch_size=64)
-    return ev.EvalOptions(**(base | kw))
+from tests.unit.test_evaluate import _opts, run_dir  # noqa: E402, F401 (the unit tier's model)
 
 
 @pytest.mark.slow

@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from adr_scale import train as train_cli
-from adr_scale.config import apply_overrides, get_preset
-from adr_scale.data import load_splits
 from adr_scale.engine import build_state, checkpoint_state
 from adr_scale.run.lock import LOCK_FILE
 
@@ -23,28 +20,7 @@ FAST = ["train.device=cpu", "train.batch_size=512", "data.val_size=100", "attack
         "attack.eval_steps=2", "train.log_every=1"]
 
 
-@pytest.fixture(scope="module")
-def digits(one_thread):
-    return load_splits(get_preset("smoke").data)
-
-
-def _cfg(*overrides):
-    return apply_overrides(get_preset("smoke"), [*FAST, *overrides])
-
-
-def _cli(out, *overrides, workers=0):
-    args = ["--preset", "smoke", "--out", str(out), "--workers", str(workers), "--no-progress"]
-    for item in [*FAST, *overrides]:
-        args += ["--set", item]
-    return train_cli.main(args)
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("error: ")
-    return err[0]
-
+from tests.unit.test_reliability import _cfg, _cli, _error_line, digits  # noqa: E402, F401
 
 # -- one run per --out: a real second process is refused; stale locks do not block ---------
 

@@ -9,22 +9,9 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from data_pipeline.shard_npz import shard_npz
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """400 digits-shaped images (1x8x8, classes 0-9) in 4 real WebDataset shards."""
-    base = tmp_path_factory.mktemp("guards")
-    rng = np.random.default_rng(1)
-    np.savez(base / "set.npz", image=rng.integers(0, 256, (400, 8, 8, 1), dtype=np.uint8),
-             label=np.arange(400) % 10)
-    shard_npz(str(base / "set.npz"), base / "shards", 100, progress=False)
-    return base / "shards"
-
+from tests.unit.test_synthetic_guards import shards  # noqa: E402, F401 (the unit tier's fixture)
 
 _ON_READ_ONLY_FS = r"""
 import contextlib, io, json, os, sys

@@ -8,31 +8,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pytest
-
 from adr_scale.data.synthetic import SyntheticSet
-from data_pipeline.shard_npz import shard_npz
 
 N, SHARD = 2000, 500  # 4 shards, as in tests/unit/test_synthetic.py
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """Image i carries i in its first two pixels and has label i % 10, so pairs can be checked."""
-    root = tmp_path_factory.mktemp("synthetic")
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(N, 8, 8, 3), dtype=np.uint8)
-    index = np.arange(N)
-    image[:, 0, 0, 0], image[:, 0, 0, 1] = index % 256, index // 256
-    np.savez(root / "set.npz", image=image, label=index % 10)
-    shard_npz(str(root / "set.npz"), root / "shards", SHARD, progress=False)
-    return root / "shards", image
-
-
-@pytest.fixture(scope="module")
-def synth(shards, tmp_path_factory):
-    return SyntheticSet(shards[0], tmp_path_factory.mktemp("cache"), workers=1, progress=False)
+# the unit tier's fixtures: the same shards and cache
+from tests.unit.test_synthetic import shards, synth  # noqa: E402, F401
 
 
 def test_both_parsers_and_worker_processes_build_the_same_bytes(shards, synth, tmp_path):

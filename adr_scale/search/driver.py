@@ -368,7 +368,7 @@ def with_overrides(space: SearchSpace, overrides: list[str]) -> SearchSpace:
                               f"space does not search (it searches {', '.join(sorted(searched))})")
         fixed[key] = value
     space = dataclasses.replace(space, fixed=fixed)
-    space.trial_config(space.warm_start_params() or _low_point(space))  # valid together
+    space.example_config()  # valid together
     return space
 
 
@@ -387,16 +387,11 @@ def check_args(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
         raise ConfigError(f"--num-samples: invalid value {num}; allowed: an integer >= {refs + 1} "
                           f"(the {refs} references, run in every search, and at least one "
                           "searched point)")
-    batch = space.trial_config(space.warm_start_params() or _low_point(space)).train.batch_size
+    batch = space.example_config().train.batch_size
     if batch % args.workers_per_trial:
         raise ConfigError(f"--workers-per-trial: {args.workers_per_trial} does not divide "
                           f"train.batch_size={batch}")
     return num, conc
-
-
-def _low_point(space: SearchSpace) -> dict[str, Any]:
-    return {p.name: p.choices[0] if p.distribution == "categorical" else p.low
-            for p in space.params}
 
 
 def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurrent: int,
@@ -420,7 +415,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
         raise ConfigError(f"--resume: no search to resume in {experiment!r}")
     if address:  # nothing answering there: one line now, not Ray's retries for minutes
         check_address(address)
-    print(attack_line(space.trial_config(space.warm_start_params() or _low_point(space))))
+    print(attack_line(space.example_config()))
     record = _space_record(space, num_samples)
     if restoring:  # the same search, or a change that is safe to make mid-way
         _check_same_space(out / "space.json", record)

@@ -177,6 +177,13 @@ class SearchSpace:
             values[p.field] = values[p.above] + raw if p.above else raw
 
 
+    def example_config(self) -> RunConfig:
+        """One trial's config, at the warm start or else every parameter's low end (choices: the
+        first): what a check of the fields every trial shares reads (dataset, batch, attack)."""
+        low = {p.name: p.choices[0] if p.distribution == "categorical" else p.low
+               for p in self.params}
+        return self.trial_config(self.warm_start_params() or low)
+
     def startup_count(self, num_samples: int) -> int:
         """Searched points that are Sobol start-up points: those TPE would draw at random (its
         first TPE_STARTUP), none under the random sampler or PBT."""
@@ -189,9 +196,7 @@ class SearchSpace:
         on, so two datasets (or spaces) do not get the same start-up points."""
         import hashlib
 
-        low = {p.name: p.choices[0] if p.distribution == "categorical" else p.low
-               for p in self.params}
-        data = self.trial_config(self.warm_start_params() or low).data
+        data = self.example_config().data
         key = f"{self.seed}|{self.name}|{data.dataset}|{data.root}"
         return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 

@@ -139,8 +139,7 @@ def _train(args: argparse.Namespace, stop: StopSignals) -> int:
         print(attack_line(cfg), flush=True)
         out = Path(args.out)
         # torch is imported only when there is work to do; Ray only once launch's checks pass
-        from adr_scale.drivers import launch
-        from adr_scale.engine import fit
+        from adr_scale.drivers import fit, launch
 
         if args.workers == 0:
             summary = fit(cfg, out, progress=not args.no_progress)

@@ -1,5 +1,6 @@
-"""A training checkpoint: reading it (weights_only), its format, its config and which network it
-serves. One place for resume (engine), evaluate and the DDPM labeller (data_pipeline)."""
+"""A training checkpoint: its state (`checkpoint_state`, `load_state`), reading it (weights_only),
+its format, its config and which network it serves. One place for resume (the drivers, the Ray
+workers), evaluate and the DDPM labeller (data_pipeline)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from adr_scale.config import ConfigError, RunConfig, from_dict, validate
+from adr_scale.adr import _unwrap
+from adr_scale.config import ConfigError, RunConfig, from_dict, to_dict, validate
 from adr_scale.data import DatasetInfo, dataset_info
+from adr_scale.distributed import gather_objects, rank_and_world, rank_seed
 from adr_scale.models import create_model
 
 CHECKPOINT_FORMAT = 1  # checkpoint_state's layout; another value is refused on load
@@ -123,3 +126,48 @@ def _check_weights(model: nn.Module, weights: Any, path: Path, which: str, arch:
     raise ConfigError(f"{str(path)!r}: its {which} weights do not fit model.arch={arch!r} of its "
                       f"config ({len(missing)} missing, {len(unexpected)} unexpected, "
                       f"{len(reshaped)} of another shape; e.g. {example})")
+
+
+# ---------------------------------------------------------------------------------------------
+# A training state (the engine's TrainState, untyped here: the engine imports this module)
+
+
+def checkpoint_state(state) -> dict[str, Any]:
+    """An `engine.TrainState`'s student, EMA, optimizer, schedule position, RNG states and the
+    resolved config."""
+    rng = {"cpu": torch.get_rng_state()}
+    if state.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(state.device)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": _unwrap(state.model).state_dict(),
+        "ema": state.ema.module.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "step": state.step,
+        "epoch": state.epoch,
+        "total_steps": state.total_steps,
+        "steps_per_epoch": state.steps_per_epoch,
+        "best_epoch": state.best_epoch,
+        "best_robust_acc": state.best_robust_acc,
+        "rng": gather_objects(rng),  # one entry per rank
+        "history": state.history,
+        "config": to_dict(state.cfg),
+    }
+
+
+def load_state(state, ckpt: dict[str, Any]) -> None:
+    """`checkpoint_state`'s dict back into an `engine.TrainState` built for the same config."""
+    _unwrap(state.model).load_state_dict(ckpt["model"])
+    state.ema.module.load_state_dict(ckpt["ema"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.step, state.epoch = ckpt["step"], ckpt["epoch"]
+    state.best_epoch, state.best_robust_acc = ckpt["best_epoch"], ckpt["best_robust_acc"]
+    state.history = list(ckpt["history"])
+    rank, world = rank_and_world()
+    if len(ckpt["rng"]) == world:  # same world size: every rank continues its own stream
+        rng = ckpt["rng"][rank]
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and state.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], state.device)
+    else:  # a resized job: fresh, still deterministic, streams
+        torch.manual_seed(rank_seed(state.cfg.seed, rank) + 7_919 * state.epoch)

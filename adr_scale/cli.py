@@ -1,5 +1,6 @@
-"""What the entry points share: an argument parser whose errors are one line, and the checks of
-the scaling flags and the Ray address that the drivers take before Ray is imported or started."""
+"""What the entry points share: an argument parser whose errors are one line, its head built from
+the entry's docstring (`entry_parser`), and the checks of the scaling flags and the Ray address
+that the drivers take before Ray is imported or started."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def entry_parser(prog: str, doc: str, *, epilog_from: int = 1) -> OneLineParser:
+    """The parser head of an entry point, from its module docstring: the first paragraph is the
+    description, the paragraphs from `epilog_from` on (the examples) the epilog, shown as written
+    under the flags; errors are one line."""
+    return OneLineParser(prog=prog, description=doc.split("\n\n")[0],
+                         epilog=doc.split("\n\n", epilog_from)[epilog_from],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def check_scaling(cfg: RunConfig, workers: int, gpus: float, max_failures: int) -> None:

@@ -127,3 +127,7 @@ def batchnorm_sync(model: nn.Module) -> Iterator[None]:
     finally:
         for m in layers:
             m.sync = False
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    return seed + 1_000_003 * rank

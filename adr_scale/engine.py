@@ -1,4 +1,5 @@
-"""The training engine: one ADR training step, the epoch loop, evaluation and checkpoints. No Ray.
+"""The training engine: one ADR training step, the epoch loop and validation. No Ray, no files:
+`adr_scale.checkpoint` holds a checkpoint's state, `adr_scale.drivers` the run directory.
 
 One step (Algorithm 1 of the paper): rectify the labels with the EMA teacher on the clean augmented
 batch -> attack the student with the rectified label -> update the student (optionally at
@@ -8,13 +9,10 @@ adversarially perturbed weights, AWP) -> update the EMA teacher.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,50 +23,36 @@ from tqdm.auto import tqdm
 from adr_scale.adr import EMATeacher, _unwrap, rectify_labels
 from adr_scale.attacks import pgd_linf, soft_cross_entropy
 from adr_scale.awp import AdversarialWeightPerturbation, perturbed
-from adr_scale.checkpoint import (  # noqa: F401 - load_checkpoint and config_of: engine API
-    CHECKPOINT_FORMAT,
-    build_model,
-    config_of,
-    load_checkpoint,
-    nonfinite_tensors,
-    selected_network,
-)
-from adr_scale.config import ConfigError, RunConfig, to_dict, validate
+from adr_scale.checkpoint import build_model, nonfinite_tensors, selected_network
+from adr_scale.config import ConfigError, RunConfig
 from adr_scale.data import (
     ArrayDataset,
     DatasetInfo,
-    Splits,
     augment,
     eval_batches,
-    load_splits,
-    resolve_data,
     steps_per_epoch,
     to_float,
 )
-from adr_scale.data.loader import inherit_data
-from adr_scale.data.mixing import coverage_line, epoch_batches, open_synthetic
+from adr_scale.data.mixing import coverage_line, epoch_batches
 from adr_scale.distributed import (
     all_sum,
     average_gradients,
     batchnorm_sync,
     broadcast_buffers,
     convert_sync_batchnorm,
-    gather_objects,
     rank_and_world,
+    rank_seed,
 )
-from adr_scale.interrupt import Interrupted
 from adr_scale.losses import trades_loss
 from adr_scale.models.layers import norm_parameters, set_bn_momentum
-from adr_scale.run.directory import RunDir, atomic_copy, atomic_torch_save
-from adr_scale.run.files import first_readable
-from adr_scale.run.lock import RunLock, TrainingDiverged, kept_detail
-from adr_scale.run.outputs import RunOutputs, catch_up
+from adr_scale.run.lock import TrainingDiverged
 from adr_scale.schedules import adr_schedule, learning_rate
 
 
 @dataclass
 class TrainState:
-    """Everything that changes during training; `checkpoint_state` / `load_state` persist it."""
+    """Everything that changes during training; `checkpoint.checkpoint_state` / `load_state`
+    persist it."""
 
     cfg: RunConfig
     model: nn.Module  # the student (possibly compiled)
@@ -147,10 +131,6 @@ def schedule_length(cfg: RunConfig, n_train: int) -> tuple[int, int]:
            else steps_per_epoch(n_train, cfg.train.batch_size))
     total = cfg.train.epochs * spe
     return spe, total if cfg.train.max_steps is None else min(total, cfg.train.max_steps)
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    return seed + 1_000_003 * rank
 
 
 def schedule_values(state: TrainState) -> tuple[float, float, float]:
@@ -373,66 +353,34 @@ def train_epoch(state: TrainState, train: ArrayDataset, bar: tqdm | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_state(state: TrainState) -> dict[str, Any]:
-    """Student, EMA, optimizer, schedule position, RNG states and the resolved config."""
-    rng = {"cpu": torch.get_rng_state()}
-    if state.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(state.device)
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": _unwrap(state.model).state_dict(),
-        "ema": state.ema.module.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "step": state.step,
-        "epoch": state.epoch,
-        "total_steps": state.total_steps,
-        "steps_per_epoch": state.steps_per_epoch,
-        "best_epoch": state.best_epoch,
-        "best_robust_acc": state.best_robust_acc,
-        "rng": gather_objects(rng),  # one entry per rank
-        "history": state.history,
-        "config": to_dict(state.cfg),
-    }
-
-
-def load_state(state: TrainState, ckpt: dict[str, Any]) -> None:
-    _unwrap(state.model).load_state_dict(ckpt["model"])
-    state.ema.module.load_state_dict(ckpt["ema"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.step, state.epoch = ckpt["step"], ckpt["epoch"]
-    state.best_epoch, state.best_robust_acc = ckpt["best_epoch"], ckpt["best_robust_acc"]
-    state.history = list(ckpt["history"])
-    rank, world = rank_and_world()
-    if len(ckpt["rng"]) == world:  # same world size: every rank continues its own stream
-        rng = ckpt["rng"][rank]
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and state.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], state.device)
-    else:  # a resized job: fresh, still deterministic, streams
-        torch.manual_seed(rank_seed(state.cfg.seed, rank) + 7_919 * state.epoch)
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 
-EpochHook = Callable[[TrainState, dict[str, Any], bool, bool], None]
+
+@dataclass(frozen=True, kw_only=True)
+class EpochEnd:
+    """What `run_epochs` hands its hook after an epoch."""
+
+    row: dict[str, Any]  # the epoch's metrics; val_* only when it was validated
+    improved: bool  # a new best validation robust accuracy: best.pt (implies `save`)
+    save: bool  # a checkpoint is due
+
+
+EpochHook = Callable[[TrainState, EpochEnd], None]
 
 
 def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epoch_end: EpochHook,
                *, until_epoch: int | None = None, bar: tqdm | None = None,
                synthetic=None) -> None:
-    """Train epoch by epoch from `state.epoch`; after each, call
-    on_epoch_end(state, row, improved, save): `save` asks for a checkpoint (and `improved` for
-    best.pt, which implies one). Only validated epochs' rows carry val_* metrics.
+    """Train epoch by epoch from `state.epoch`; after each, call on_epoch_end(state, EpochEnd):
+    its `save` asks for a checkpoint (and `improved` for best.pt, which implies one). Only
+    validated epochs' rows carry val_* metrics.
 
     Validation every train.val_every epochs and checkpoints every train.checkpoint_every epochs
     (at least train.checkpoint_minutes apart) keep both off most epochs of a long run; the last
     epoch (or until_epoch, where a later call continues) always validates and saves. Every rank
     takes the same decisions (the minutes by rank 0's clock), since both are collectives.
-    The same loop runs in-process (`fit`) and on every Ray Train worker (`adr_scale.ray_adapter`).
+    The same loop runs in-process (`drivers.fit`) and on every Ray Train worker
+    (`adr_scale.ray_adapter`).
     """
     rank, world = rank_and_world()
     t = state.cfg.train
@@ -457,7 +405,7 @@ def run_epochs(state: TrainState, train: ArrayDataset, val: ArrayDataset, on_epo
             state.best_epoch, state.best_robust_acc = state.epoch, row["val_robust_acc"]
         state.history.append(row)
         save = last or due or improved
-        on_epoch_end(state, row, improved, save)
+        on_epoch_end(state, EpochEnd(row=row, improved=improved, save=save))
         if save:
             last_save = time.monotonic()
 
@@ -475,86 +423,3 @@ def epoch_line(state: TrainState, row: dict[str, Any]) -> str:
     return (f"epoch {row['epoch']}/{state.num_epochs}  loss {row['train_loss']:.4f}  "
             f"val clean {row['val_clean_acc']:.4f}  val PGD-{state.cfg.attack.eval_steps} "
             f"{row['val_robust_acc']:.4f}")
-
-
-def fit(cfg: RunConfig, out: str | Path, *, until_epoch: int | None = None,
-        progress: bool = True, splits: Splits | None = None) -> dict[str, Any]:
-    """Train `cfg` in this process into run directory `out`, resuming from its latest checkpoint.
-
-    until_epoch stops after that many epochs (a later call continues). Returns summary.json's dict
-    (empty when stopped before the end). A second run on the same `out` is refused (RunLock).
-    """
-    validate(cfg)
-    with RunLock(out):
-        return _fit(cfg, RunDir(out), until_epoch, progress, splits)
-
-
-def newest_readable_checkpoint(run: RunDir) -> tuple[Path, dict[str, Any]] | None:
-    """The newest epoch checkpoint that loads; a torn newer one (a full disk, a copy cut short) is
-    named on stderr and skipped, so the run resumes one epoch earlier instead of stopping."""
-    found = run.checkpoints_newest_first()
-    first = first_readable(found, load_checkpoint, label=str, where=str(run.checkpoints))
-    return None if first is None else (found[first[0]], first[1])
-
-
-def catch_up_run(run: RunDir, state: TrainState, rows: list[dict[str, Any]]) -> None:
-    """The run directory's files brought to `rows` (report.catch_up); best.pt and final.pt come
-    from the epoch checkpoints in OUT/checkpoints."""
-    def copy(epoch: int, dst: Path) -> None:
-        if run.epoch_checkpoint(epoch).is_file():
-            atomic_copy(run.epoch_checkpoint(epoch), dst)
-
-    catch_up(run.path, state.cfg, rows, total_steps=state.total_steps,
-             steps_per_epoch=state.steps_per_epoch, copy_checkpoint=copy)
-
-
-def _fit(cfg: RunConfig, run: RunDir, until_epoch: int | None, progress: bool,
-         splits: Splits | None) -> dict[str, Any]:
-    out = run.path
-    latest = newest_readable_checkpoint(run)
-    if latest is not None:  # a resumed run keeps the data statistics and classes it stored
-        cfg = inherit_data(cfg, latest[1]["config"])
-    splits = splits or load_splits(cfg.data)  # bad roots fail here, before anything is written
-    cfg = resolve_data(cfg, splits.info)  # a generic form's classes, shape, stats: into config.yaml
-    device = resolve_device(cfg.train.device)
-    synthetic = open_synthetic(cfg, splits.info, device=device)
-    if latest is not None:  # the checkpoint's own config is the one that counts (config.yaml
-        run.check_config(latest[1]["config"], cfg, latest[0].name)  # may be gone or replaced)
-    run.prepare(cfg, {"executor": "process"})
-    state = build_state(cfg, splits.info, len(splits.train), device)
-    if latest is not None:
-        load_state(state, latest[1])
-        if latest[0] != run.latest_checkpoint():
-            print(f"resuming from {latest[0]} (epoch {state.epoch})", file=sys.stderr)
-    kept = list(state.history)  # the newest checkpoint's rows: what a signal leaves
-    catch_up_run(run, state, kept)  # a stop or crash before the last checkpoint's bookkeeping
-    train = ArrayDataset(splits.train.images.to(device), splits.train.labels.to(device))
-    bar = tqdm(total=state.total_steps, initial=state.step, desc=f"train {Path(out).name}",
-               unit="step", disable=not progress, dynamic_ncols=True)
-    outputs = RunOutputs(run.path, cfg)
-
-    def on_epoch_end(state: TrainState, row: dict[str, Any], improved: bool, save: bool) -> None:
-        ckpt = checkpoint_state(state) if save else None
-        if ckpt is not None:
-            run.save_epoch(ckpt, state.epoch, cfg.train.keep_checkpoints)
-            kept[:] = state.history
-        outputs.epoch_end(state.history, improved=improved,
-                          finished=state.epoch == state.num_epochs,
-                          total_steps=state.total_steps, steps_per_epoch=state.steps_per_epoch,
-                          write_checkpoint=None if ckpt is None
-                          else lambda path: atomic_torch_save(ckpt, path))
-        if "val_robust_acc" in row:
-            bar.write(epoch_line(state, row))
-
-    try:
-        run_epochs(state, train, splits.val, on_epoch_end, until_epoch=until_epoch, bar=bar,
-                   synthetic=synthetic)
-    except Interrupted as exc:  # the files then say what the newest checkpoint holds, never more
-        catch_up_run(run, state, kept)
-        epoch = kept[-1]["epoch"] if kept else 0
-        raise Interrupted(exc.signum, kept_detail(epoch, state.num_epochs)) from None
-    finally:  # a diverged run's error line is then the last line, not under a live bar
-        bar.close()
-    if state.epoch < state.num_epochs or not state.history:
-        return {}
-    return json.loads((run.path / "summary.json").read_text())

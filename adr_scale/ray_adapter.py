@@ -30,11 +30,11 @@ from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm.auto import tqdm
 
-from adr_scale.checkpoint import load_checkpoint
+from adr_scale.checkpoint import checkpoint_state, load_checkpoint, load_state
 from adr_scale.config import ConfigError, from_dict, validate
 from adr_scale.data import ArrayDataset, load_splits
 from adr_scale.data.mixing import open_synthetic
-from adr_scale.engine import build_state, checkpoint_state, load_state, run_epochs
+from adr_scale.engine import EpochEnd, build_state, run_epochs
 from adr_scale.interrupt import StopSignals
 from adr_scale.run.directory import atomic_write_text
 from adr_scale.run.files import (
@@ -131,17 +131,16 @@ def newest_readable(checkpoint, storage_run: tuple[str, str] | None = None,
     return candidates[k], state, frozenset(dir_name(p) for p in candidates[:k])
 
 
-def _report_epoch(state, row: dict[str, Any], improved: bool, save: bool, *,
-                  taken: frozenset[str] = frozenset()) -> None:
+def _report_epoch(state, end: EpochEnd, *, taken: frozenset[str] = frozenset()) -> None:
     """Every rank reports (a barrier) after a validated or checkpoint epoch; rank 0 attaches the
-    checkpoint (state.pt + history.json) when `save`, under a directory name not in `taken` (the
-    torn checkpoints a resume skipped). With train.checkpoint_upload=async Ray uploads it on a
+    checkpoint (state.pt + history.json) when `end.save`, under a directory name not in `taken`
+    (the torn checkpoints a resume skipped). With train.checkpoint_upload=async Ray uploads it on a
     background thread and the next epoch starts at once."""
-    if not save and "val_robust_acc" not in row:
+    if not end.save and "val_robust_acc" not in end.row:
         return  # an epoch with nothing to report (every rank decides alike)
-    ckpt = checkpoint_state(state) if save else None  # a collective: every rank's RNG state
-    metrics = row | {"improved": improved, "num_epochs": state.num_epochs,
-                     "total_steps": state.total_steps, "steps_per_epoch": state.steps_per_epoch}
+    ckpt = checkpoint_state(state) if end.save else None  # a collective: every rank's RNG state
+    metrics = end.row | {"improved": end.improved, "num_epochs": state.num_epochs,
+                         "total_steps": state.total_steps, "steps_per_epoch": state.steps_per_epoch}
     if ray.train.get_context().get_world_rank() != 0 or ckpt is None:
         ray.train.report(metrics, checkpoint=None)
         return

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from adr_scale.cli import OneLineParser, check_scaling
+from adr_scale.cli import check_scaling, entry_parser
 from adr_scale.config import (
     PRESETS,
     ConfigError,
@@ -35,9 +35,7 @@ from adr_scale.run.lock import TrainingDiverged
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="python -m adr_scale.train", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = entry_parser("python -m adr_scale.train", __doc__)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", help="named preset (see --list-presets); default: smoke")
     parser.add_argument("--paper-text", action="store_true",
@@ -139,8 +137,7 @@ def _train(args: argparse.Namespace, stop: StopSignals) -> int:
         print(attack_line(cfg), flush=True)
         out = Path(args.out)
         # torch is imported only when there is work to do; Ray only once launch's checks pass
-        from adr_scale.drivers import launch
-        from adr_scale.engine import fit
+        from adr_scale.drivers import fit, launch
 
         if args.workers == 0:
             summary = fit(cfg, out, progress=not args.no_progress)

@@ -1,7 +1,8 @@
-"""Cost of the synthetic cache's integrity check (adr_scale.data.synthetic._cache_check: blake2b of
-labels.i64 and of 64 blocks of 64 KiB of images.u8) against a blake2b of the whole images.u8, on a
-1 GiB images file (349,525 CIFAR-sized images), one run each, with the file's pages in memory
-(warm) and dropped from the page cache with posix_fadvise (cold, as on a node's first open).
+"""Cost of the synthetic cache's integrity check (adr_scale.data.synthetic_cache._cache_check:
+blake2b of labels.i64 and of 64 blocks of 64 KiB of images.u8) against a blake2b of the whole
+images.u8, on a 1 GiB images file (349,525 CIFAR-sized images), one run each, with the file's
+pages in memory (warm) and dropped from the page cache with posix_fadvise (cold, as on a node's
+first open).
 
     python benchmarks/cache_check.py [--gib 1] [--dir /tmp] [--json benchmarks/results/cache_check.json]
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adr_scale.data.synthetic import _cache_check
+from adr_scale.data.synthetic_cache import _cache_check
 
 
 def full_digest(path: Path, chunk: int = 1 << 24) -> str:

@@ -183,14 +183,10 @@ def measure_full_epoch(args: argparse.Namespace, method: str, setting: str, data
     """One DDPM-setting epoch as training runs it: cache build, steps, validation, checkpoint."""
     import numpy as np
 
+    from adr_scale.checkpoint import checkpoint_state
     from adr_scale.data.mixing import open_synthetic
     from adr_scale.data.synthetic import SyntheticSet
-    from adr_scale.engine import (
-        checkpoint_state,
-        schedule_length,
-        train_epoch,
-        validate_models,
-    )
+    from adr_scale.engine import schedule_length, train_epoch, validate_models
     from data_pipeline.shard_npz import shard_npz
 
     info = DATASET_INFO[args.dataset]

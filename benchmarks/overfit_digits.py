@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from adr_scale.config import apply_overrides, get_preset, to_dict
-from adr_scale.engine import fit
+from adr_scale.drivers import fit
 from adr_scale.run.provenance import short_revision
 from adr_scale.search.stats import paired_test, summary
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from adr_scale.config import apply_overrides, get_preset
-from adr_scale.engine import fit
+from adr_scale.drivers import fit
 from adr_scale.run.provenance import git_revision
 
 

@@ -37,9 +37,10 @@ def tiny_labeler(path: str | Path, unet_dir: str | Path, *, seed: int = 0,
                  fit_images: int = 256) -> Path:
     """An adr-scale checkpoint (digits, tiny net, train.wa) whose EMA model spreads the UNet's
     images over all classes; the student weights are the untrained ones."""
+    from adr_scale.checkpoint import checkpoint_state
     from adr_scale.config import apply_overrides, get_preset
     from adr_scale.data import DATASET_INFO
-    from adr_scale.engine import build_state, checkpoint_state
+    from adr_scale.engine import build_state
     from data_pipeline.diffusion import locate_model, make_scheduler, sample
 
     cfg = apply_overrides(get_preset("smoke_standard"), ["train.device=cpu", f"seed={seed}"])

@@ -249,7 +249,7 @@ class ImageFolderCache:
         return meta
 
     def open(self) -> tuple[dict[str, np.ndarray], dict]:
-        from adr_scale.data.synthetic import build_lock
+        from adr_scale.data.synthetic_cache import build_lock
 
         meta = self._meta()
         if meta is None:
@@ -450,7 +450,8 @@ def _require_shape(cfg: DataConfig, chw: tuple[int, ...], where: str) -> None:
 
 
 def _load_shards(cfg: DataConfig) -> Loaded:
-    from adr_scale.data.synthetic import SyntheticDataError, SyntheticSet
+    from adr_scale.data.synthetic import SyntheticSet
+    from adr_scale.data.synthetic_cache import SyntheticDataError
 
     root = Path(cfg.root)
     sets = {}

@@ -1,5 +1,6 @@
 """Mixing synthetic images into training (Gowal et al., Wang et al.): opening a rank's synthetic
-stream, the expected coverage of the synthetic set, and an epoch's real or mixed batches.
+stream, the expected coverage of the synthetic set, the split of a global batch into real and
+synthetic images per rank, and an epoch's real or mixed batches.
 
 `state` below is the engine's TrainState (its cfg, epoch, steps and device); the engine imports
 this module, so the type is not imported here.
@@ -14,14 +15,8 @@ import torch
 from adr_scale.config import ConfigError, RunConfig
 from adr_scale.data.datasets import ArrayDataset, DatasetInfo
 from adr_scale.data.loader import real_stream_batches, train_batches
-from adr_scale.data.synthetic import (
-    SyntheticLoader,
-    SyntheticSet,
-    check_cache,
-    concat_batches,
-    describe_shards,
-    mixed_batch_sizes,
-)
+from adr_scale.data.synthetic import Batch, SyntheticLoader, SyntheticSet
+from adr_scale.data.synthetic_cache import check_cache, describe_shards
 
 
 def open_synthetic(cfg: RunConfig, info: DatasetInfo, rank: int = 0, world_size: int = 1, *,
@@ -75,3 +70,37 @@ def epoch_batches(state, train: ArrayDataset, synthetic, rank: int, world: int):
     for real_batch, synth_batch in zip(real, synthetic.steps(first, state.steps_per_epoch),
                                        strict=True):
         yield concat_batches(real_batch, synth_batch)
+
+
+def mixed_batch_sizes(global_batch: int, fraction: float, world_size: int) -> tuple[int, int]:
+    """(real, synthetic) images per rank so that every global batch holds exactly
+    round(fraction * global_batch) synthetic images (768 of 1024 at 0.75, Sec. 5.4).
+
+    Both counts must split equally across ranks; otherwise a ConfigError names the numbers.
+    """
+    if global_batch < 1 or world_size < 1:
+        raise ConfigError(f"train.batch_size: {global_batch} on {world_size} ranks; allowed: "
+                          "positive integers")
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"data.synthetic_fraction: {fraction}; allowed: a number in [0, 1]")
+    synthetic = round(fraction * global_batch)
+    real = global_batch - synthetic
+    if real % world_size or synthetic % world_size:
+        raise ConfigError(
+            f"data.synthetic_fraction: {fraction} of train.batch_size {global_batch} is {synthetic} "
+            f"synthetic + {real} real images, which {world_size} ranks cannot split equally; "
+            f"allowed: a batch size and fraction whose synthetic and real counts are both "
+            f"multiples of {world_size}")
+    return real // world_size, synthetic // world_size
+
+
+def concat_batches(real: Batch, synthetic: Batch) -> Batch:
+    """One batch: the real images then the synthetic ones, on the real batch's device."""
+    (xr, yr), (xs, ys) = real, synthetic
+    if xr.dtype != xs.dtype or xr.shape[1:] != xs.shape[1:]:
+        raise ValueError(f"data.synthetic: synthetic images are {xs.dtype} {tuple(xs.shape[1:])}, "
+                         f"the real ones {xr.dtype} {tuple(xr.shape[1:])}; allowed: the same "
+                         "image shape and dtype")
+    device = xr.device
+    return (torch.cat([xr, xs.to(device, non_blocking=True)]),
+            torch.cat([yr, ys.to(device, non_blocking=True)]))

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from adr_scale.cli import OneLineParser
+from adr_scale.cli import entry_parser
 from adr_scale.config import ConfigError
 from adr_scale.engine import resolve_device
 from adr_scale.evaluate.checkpoint import load_model
@@ -37,9 +37,7 @@ from adr_scale.run.lock import check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="python -m adr_scale.evaluate", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = entry_parser("python -m adr_scale.evaluate", __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="FILE", help="a training checkpoint (.pt)")
     source.add_argument("--run", metavar="DIR", help="a finished run directory: evaluates best.pt "

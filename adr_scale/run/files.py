@@ -216,7 +216,8 @@ def first_readable(candidates: Sequence[T], load: Callable[[T], Any], *, label: 
     there are none. Each one that does not load (a file torn by a full disk, a signal or a copy
     cut short) is named in one warning line (when `warn`) and skipped, so the run resumes one
     checkpoint earlier instead of stopping. Raises ConfigError when none loads. The one fall-back
-    of the in-process run (engine) and of the Ray Train workers (train)."""
+    of the in-process run (drivers.newest_readable_checkpoint) and of the Ray Train workers
+    (ray_adapter.newest_readable)."""
     for k, candidate in enumerate(candidates):
         try:
             return k, load(candidate)

@@ -237,7 +237,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]] | None:
 
 class RunOutputs:
     """The end-of-epoch bookkeeping of a run directory, the same for the in-process loop
-    (engine.fit) and the Ray controller callback (train.py): best.pt and final.pt, then the
+    (drivers.fit) and the Ray controller callback (ray_adapter): best.pt and final.pt, then the
     metrics, summaries and TensorBoard, and the PNGs at most every PLOT_EVERY_S seconds."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig) -> None:

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adr_scale.cli import OneLineParser, check_address
+from adr_scale.cli import check_address, entry_parser
 from adr_scale.config import ConfigError, attack_line
 from adr_scale.interrupt import Interrupted, StopSignals, fit_tuner
 from adr_scale.run.lock import RunLock
@@ -47,9 +47,8 @@ from adr_scale.search.trial import run_pbt_trial, run_trial
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="python -m adr_scale.tune", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    # --help's epilog starts at the examples: the second paragraph (what a trial is) is left out
+    parser = entry_parser("python -m adr_scale.tune", __doc__, epilog_from=2)
     parser.add_argument("--space", default="search_spaces/smoke.yaml",
                         help="search space YAML (default: search_spaces/smoke.yaml)")
     parser.add_argument("--out", help="output directory (default: runs/search-<space name>)")

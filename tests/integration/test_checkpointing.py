@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from adr_scale.checkpoint import load_checkpoint
 from adr_scale.config import apply_overrides, get_preset
-from adr_scale.engine import fit, load_checkpoint
+from adr_scale.drivers import fit
 
 EVERY_2 = ["train.device=cpu", "train.epochs=5", "train.checkpoint_every=2", "train.val_every=2",
            "attack.eval_steps=2", "data.val_size=100"]
@@ -23,13 +24,14 @@ KILLED = """
 import os, sys
 import adr_scale.engine as engine
 from adr_scale.config import apply_overrides, get_preset
+from adr_scale.drivers import fit
 step = engine.train_step
 def dying_step(state, images, labels):
     if state.step == 60:
         os._exit(3)
     return step(state, images, labels)
 engine.train_step = dying_step
-engine.fit(apply_overrides(get_preset("smoke"), sys.argv[2:]), sys.argv[1], progress=False)
+fit(apply_overrides(get_preset("smoke"), sys.argv[2:]), sys.argv[1], progress=False)
 """
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adr_scale.engine import build_state, checkpoint_state
+from adr_scale.checkpoint import checkpoint_state
+from adr_scale.engine import build_state
 from adr_scale.run.lock import LOCK_FILE
 
 # as in tests/unit/test_reliability.py: 2 steps per epoch, a run of a few epochs in ~1 s

@@ -33,7 +33,7 @@ def test_cache_is_built_once_for_two_concurrent_processes(shards, tmp_path):
     """Both processes queue on the lock (held here first); one builds, the other maps its result."""
     import hashlib
 
-    from adr_scale.data.synthetic import build_lock
+    from adr_scale.data.synthetic_cache import build_lock
 
     code = ("import hashlib; from adr_scale.data.synthetic import SyntheticSet; "
             f"s = SyntheticSet({str(shards[0])!r}, {str(tmp_path / 'cache')!r}, workers=1, progress=False); "

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from adr_scale.checkpoint import load_checkpoint
 from adr_scale.config import apply_overrides, get_preset
-from adr_scale.engine import fit, load_checkpoint
+from adr_scale.drivers import fit
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

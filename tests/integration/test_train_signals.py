@@ -18,8 +18,9 @@ import time
 import pytest
 import torch
 
+from adr_scale.checkpoint import load_checkpoint
 from adr_scale.config import apply_overrides, get_preset
-from adr_scale.engine import fit, load_checkpoint
+from adr_scale.drivers import fit
 from adr_scale.run.files import RAY_SNAPSHOT_FILE, newest_complete
 
 pytestmark = [pytest.mark.slow]

@@ -10,7 +10,7 @@ benchmarks/gpu_suite.sh runs them). Every branch that tests `cuda` / `is_availab
 | engine.validate_models: the CUDA RNG forked around validation | test_validation_leaves_the_cuda_rng_alone (here) |
 | data/loader._on: permutation indices pinned and moved to the GPU | test_indices_go_to_the_gpu (here) |
 | generate_ddpm._run_local / diffusion.shard_task: cudnn.benchmark for generation | test_generation_sets_cudnn_benchmark_on_cuda_only_when_asked (here) |
-| engine.checkpoint_state / load_state: the CUDA RNG state | test_gpu_path.py::test_resume_on_cuda_is_exact_with_bf16_and_channels_last |
+| checkpoint.checkpoint_state / load_state: the CUDA RNG state | test_gpu_path.py::test_resume_on_cuda_is_exact_with_bf16_and_channels_last |
 | data loaders on CUDA (device-side indices) | test_gpu_path.py::test_device_side_indices_give_the_cpu_batches |
 | data/synthetic.py: pinned and resident (data.synthetic_device=cuda) loaders | test_synthetic.py::test_pinned_and_resident_loaders_on_cuda_match_the_host_batches |
 | diffusion: noise on the sampling device, bf16 / channels_last, the manifest's device | test_generate_device.py (3 gpu tests) |

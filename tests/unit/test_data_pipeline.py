@@ -271,9 +271,10 @@ def _exit_code(main, argv) -> int:
 
 
 def test_labeler_of_another_image_shape_is_refused(assets, tmp_path, capsys):
+    from adr_scale.checkpoint import checkpoint_state
     from adr_scale.config import apply_overrides, get_preset
     from adr_scale.data import DATASET_INFO
-    from adr_scale.engine import build_state, checkpoint_state
+    from adr_scale.engine import build_state
 
     cfg = apply_overrides(get_preset("smoke_standard"), ["data.dataset=cifar10"])
     torch.save(checkpoint_state(build_state(cfg, DATASET_INFO["cifar10"], 100, torch.device("cpu"))),

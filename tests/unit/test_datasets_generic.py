@@ -280,7 +280,7 @@ def test_shards_read_through_the_synthetic_cache(tmp_path):
 
 def test_one_epoch_on_an_imagefolder_of_digits_and_its_checkpoint(tmp_path):
     from adr_scale.checkpoint import config_of, load_checkpoint, load_network
-    from adr_scale.engine import fit
+    from adr_scale.drivers import fit
     from adr_scale.evaluate.checkpoint import load_test_set
 
     write_digit_pngs(tmp_path / "digits")

@@ -10,9 +10,11 @@ import torch
 
 from adr_scale.attacks import soft_cross_entropy
 from adr_scale.awp import AdversarialWeightPerturbation, perturbed
+from adr_scale.checkpoint import load_checkpoint
 from adr_scale.config import apply_overrides, get_preset
 from adr_scale.data import load_splits, train_batches
-from adr_scale.engine import build_state, fit, load_checkpoint, train_step
+from adr_scale.drivers import fit
+from adr_scale.engine import build_state, train_step
 from adr_scale.models import create_model
 
 pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py

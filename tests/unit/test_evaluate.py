@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from adr_scale import evaluate as ev
+from adr_scale.checkpoint import load_checkpoint
 from adr_scale.config import ConfigError, apply_overrides, get_preset
 from adr_scale.data import to_float
-from adr_scale.engine import fit, load_checkpoint
+from adr_scale.drivers import fit
 from adr_scale.evaluate import autoattack as ev_autoattack
 from adr_scale.evaluate import sanity as ev_sanity
 from adr_scale.models import create_model

@@ -132,7 +132,8 @@ def test_device_side_indices_give_the_cpu_batches(digits):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_resume_on_cuda_is_exact_with_bf16_and_channels_last(tmp_path):
     """The CUDA RNG state travels in the checkpoint (cuda-only branch of checkpoint_state)."""
-    from adr_scale.engine import fit, load_checkpoint
+    from adr_scale.checkpoint import load_checkpoint
+    from adr_scale.drivers import fit
 
     cfg = _cfg("train.device=cuda", "train.epochs=2", "train.precision=bf16",
                "train.channels_last=true")

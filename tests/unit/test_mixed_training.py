@@ -10,7 +10,8 @@ import torch
 from adr_scale.config import ConfigError, apply_overrides, get_preset
 from adr_scale.data import load_splits
 from adr_scale.data.mixing import epoch_batches, open_synthetic
-from adr_scale.engine import build_state, fit
+from adr_scale.drivers import fit
+from adr_scale.engine import build_state
 from data_pipeline.shard_npz import shard_npz
 
 pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py

@@ -10,9 +10,11 @@ import torch
 
 from adr_scale import evaluate as ev
 from adr_scale import train as train_cli
+from adr_scale.checkpoint import checkpoint_state, load_checkpoint
 from adr_scale.config import ConfigError, apply_overrides, get_preset
 from adr_scale.data import load_splits
-from adr_scale.engine import build_state, checkpoint_state, fit, load_checkpoint, run_epochs
+from adr_scale.drivers import fit
+from adr_scale.engine import build_state, run_epochs
 from adr_scale.run.lock import LOCK_FILE, TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("no_run_plots")  # tests/unit/conftest.py

@@ -12,13 +12,9 @@ import torch
 
 from adr_scale.config import ConfigError
 from adr_scale.data import ArrayDataset, train_batches
-from adr_scale.data.synthetic import (
-    SyntheticDataError,
-    SyntheticLoader,
-    SyntheticSet,
-    concat_batches,
-    mixed_batch_sizes,
-)
+from adr_scale.data.mixing import concat_batches, mixed_batch_sizes
+from adr_scale.data.synthetic import SyntheticLoader, SyntheticSet
+from adr_scale.data.synthetic_cache import SyntheticDataError
 from data_pipeline.shard_npz import shard_npz
 
 N, SHARD = 2000, 500  # 4 shards

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import adr_scale.data.synthetic as synthetic
+import adr_scale.data.synthetic_cache as synthetic_cache
 from adr_scale.config import ConfigError
-from adr_scale.data.synthetic import SyntheticDataError, SyntheticSet
+from adr_scale.data.synthetic import SyntheticSet
+from adr_scale.data.synthetic_cache import SyntheticDataError
 from adr_scale.train import main as train_main
 from data_pipeline.shard_npz import shard_npz
 
@@ -180,19 +181,19 @@ def test_an_old_cache_without_a_digest_is_rebuilt(shards, tmp_path, capsys):
     again = SyntheticSet(shards, tmp_path, workers=1, progress=False)
     lines = _rebuild_lines(capsys)
     assert len(lines) == 1 and "format 1 holds no integrity digest" in lines[0] and again.built
-    assert json.loads((path / "meta.json").read_text())["format"] == synthetic.CACHE_FORMAT == 2
+    assert json.loads((path / "meta.json").read_text())["format"] == synthetic_cache.CACHE_FORMAT == 2
     np.testing.assert_array_equal(again.array(), images)
 
 
 def test_the_digest_samples_fixed_blocks_first_and_last_included(shards, tmp_path, monkeypatch):
     """4 blocks of 256 bytes of a 25,600-byte images.u8 at offsets 0, 8448, 16896, 25344: a byte
     flipped in a block changes the digest, one between blocks does not (the documented limit)."""
-    monkeypatch.setattr(synthetic, "CHECK_BLOCKS", 4)
-    monkeypatch.setattr(synthetic, "CHECK_BLOCK_BYTES", 256)
+    monkeypatch.setattr(synthetic_cache, "CHECK_BLOCKS", 4)
+    monkeypatch.setattr(synthetic_cache, "CHECK_BLOCK_BYTES", 256)
     path, _, _ = _build(shards, tmp_path)
-    reference = synthetic._cache_check(path)
+    reference = synthetic_cache._cache_check(path)
     for offset, seen in ((0, True), (25_599, True), (8448 + 100, True), (4000, False)):
         _rewrite(path / "images.u8", lambda a, i=offset: np.bitwise_xor(a[i:i + 1], 1, out=a[i:i + 1]))
-        assert (synthetic._cache_check(path) != reference) is seen, offset
+        assert (synthetic_cache._cache_check(path) != reference) is seen, offset
         _rewrite(path / "images.u8", lambda a, i=offset: np.bitwise_xor(a[i:i + 1], 1, out=a[i:i + 1]))
-    assert synthetic._cache_check(path) == reference
+    assert synthetic_cache._cache_check(path) == reference

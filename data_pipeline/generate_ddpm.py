@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adr_scale.config import ConfigError
+from adr_scale.interrupt import Interrupted, StopSignals
 from data_pipeline.cli import Parser, positive_int, run_main
 from data_pipeline.diffusion import (
     DEFAULT_DDIM_STEPS,
@@ -386,6 +387,25 @@ def main(argv: list[str] | None = None, *, use_ray: bool = True) -> int:
     known = args.gpus_per_task is not None or not use_ray
     check_resume(spec, Path(args.out), skip=() if known else PLACEMENT_FIELDS)
     start = time.perf_counter()
+    with StopSignals() as stop:  # Ctrl-C and SIGTERM alike: one line, exit 130 / 143
+        try:
+            with stop.translated():  # Ray's blocking calls turn a signal into KeyboardInterrupt
+                manifest, made, spec = _generate_on(spec, args, use_ray, stop)
+        except Interrupted as exc:
+            print(f"\ninterrupted ({exc}): finished shards are kept in {args.out}; rerun the same "
+                  "command to resume", file=sys.stderr)
+            return exc.exit_code
+    rows = manifest.rows.values()
+    kept, generated = sum(r["count"] for r in rows), sum(r["generated"] for r in rows)
+    print(f"{args.out}: {len(made)} shards made, {spec.num_shards - len(made)} already done; "
+          f"{kept} images kept of {generated} generated "
+          f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _generate_on(spec: GenerateSpec, args: argparse.Namespace, use_ray: bool, stop: StopSignals):
+    """Start Ray (unless a cluster is already connected or use_ray is False), generate, and shut
+    down what was started. Returns (manifest, shards made, the placed spec)."""
     ray = None
     if use_ray:
         import ray
@@ -394,6 +414,7 @@ def main(argv: list[str] | None = None, *, use_ray: bool = True) -> int:
         if started:
             ray.init(address=args.address, include_dashboard=False, logging_level="ERROR",
                      configure_logging=False)
+            stop.install()  # ray.init replaces the SIGTERM handler
     try:
         capacity = cluster_capacity() if use_ray else {}
         gpus, line = resolve_gpus(args.gpus_per_task, capacity) if use_ray else (
@@ -406,19 +427,10 @@ def main(argv: list[str] | None = None, *, use_ray: bool = True) -> int:
                  if resources else ""), flush=True)  # stdout: stderr stays for notes and errors
         manifest, made = generate(spec, args.out, use_ray=use_ray, gpus_per_task=gpus,
                                   resources=resources, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished shards are kept in {args.out}; rerun the same command "
-              "to resume", file=sys.stderr)
-        return 130
     finally:
         if ray is not None and started:
             ray.shutdown()
-    rows = manifest.rows.values()
-    kept, generated = sum(r["count"] for r in rows), sum(r["generated"] for r in rows)
-    print(f"{args.out}: {len(made)} shards made, {spec.num_shards - len(made)} already done; "
-          f"{kept} images kept of {generated} generated "
-          f"({time.perf_counter() - start:.1f} s)")
-    return 0
+    return manifest, made, spec
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from adr_scale.evaluate.options import (
 )
 from adr_scale.evaluate.report import evaluate_checkpoint
 from adr_scale.evaluate.run_table import evaluate_run, test_markdown
+from adr_scale.interrupt import Interrupted, StopSignals
 from adr_scale.models.export import export_model
 from adr_scale.run.lock import check_writable
 
@@ -107,13 +108,14 @@ def run_cli(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run_cli(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume AutoAttack from its state file",
-              file=sys.stderr)
-        return 130
+    with StopSignals():  # Ctrl-C and SIGTERM alike: one line, exit 130 / 143
+        try:
+            run_cli(args)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Interrupted as exc:
+            print(f"interrupted ({exc}); rerun the same command to resume AutoAttack from its "
+                  "state file", file=sys.stderr)
+            return exc.exit_code
     return 0

@@ -3,6 +3,7 @@ CLI errors. The real standard AutoAttack end to end: tests/integration/test_eval
 
 import json
 import shutil
+import signal
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from adr_scale.config import ConfigError, apply_overrides, get_preset
 from adr_scale.data import to_float
 from adr_scale.drivers import fit
 from adr_scale.evaluate import autoattack as ev_autoattack
+from adr_scale.evaluate import cli as ev_cli
 from adr_scale.evaluate import sanity as ev_sanity
 from adr_scale.models import create_model
 
@@ -284,3 +286,21 @@ def test_section_is_appended_when_summary_md_has_none():
     assert ev.replace_test_section("# T\n", "## Test set (x)\n\nA") == "# T\n\n## Test set (x)\n\nA\n"
     old = "# T\n\n## Test set (x)\n\nold\n"
     assert ev.replace_test_section(old, "## Test set (x)\n\nnew") == "# T\n\n## Test set (x)\n\nnew\n"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_is_one_line_and_the_shell_exit_code(run_dir, capsys, monkeypatch,
+                                                          signum, code):
+    """Ctrl-C or SIGTERM while evaluating: one line that says how to resume, exit 128 + signal,
+    and the handlers the process had before are back afterwards."""
+    def stopped(args):
+        signal.raise_signal(signum)  # delivered to this process, as by a terminal or a scheduler
+        raise AssertionError("the handler should have raised")
+
+    monkeypatch.setattr(ev_cli, "run_cli", stopped)
+    before = signal.getsignal(signal.SIGTERM)
+    assert ev.main(["--checkpoint", str(run_dir / "final.pt"), "--device", "cpu"]) == code
+    err = capsys.readouterr().err
+    assert err == (f"interrupted ({signal.Signals(signum).name}); rerun the same command to resume "
+                   "AutoAttack from its state file\n")
+    assert signal.getsignal(signal.SIGTERM) is before

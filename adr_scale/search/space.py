@@ -22,11 +22,11 @@ import yaml
 from adr_scale.config import (
     ConfigError,
     RunConfig,
-    _field_types,
     apply_overrides,
     get_preset,
     read_yaml_file,
 )
+from adr_scale.config.io import _field_types
 
 DISTRIBUTIONS = ("categorical", "int", "loguniform", "uniform")
 OBJECTIVES = ("pareto", "robust")

@@ -104,3 +104,38 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     cfg = load_yaml(path)
     assert cfg.adr.enabled and cfg.adr.tau_end == 1.0
     assert cfg.train.epochs == RunConfig().train.epochs
+
+
+def test_choice_fields_are_literals_and_their_tuples_come_from_them():
+    import dataclasses
+    import typing
+
+    from adr_scale.config import COMPILE_BACKENDS, METHODS, PRECISIONS, SCHEDULES, TRADES_ATTACKS
+    from adr_scale.config.schema import OptimConfig, TrainConfig
+
+    train, optim = typing.get_type_hints(TrainConfig), typing.get_type_hints(OptimConfig)
+    assert typing.get_args(train["method"]) == METHODS == ("at", "standard", "trades")
+    assert typing.get_args(train["precision"]) == PRECISIONS
+    assert typing.get_args(train["compile_backend"]) == COMPILE_BACKENDS
+    assert typing.get_args(train["trades_attack"]) == TRADES_ATTACKS
+    assert typing.get_args(optim["schedule"]) == SCHEDULES
+    # a choice set in Python (a preset's edit) is checked by validate, from the same Literal
+    cfg = get_preset("smoke")
+    cfg.train = dataclasses.replace(cfg.train, precision="fp16")
+    with pytest.raises(ConfigError, match=r"^train.precision: invalid value 'fp16'; allowed: "
+                                          r"bf16, fp32$"):
+        from adr_scale.config import validate
+
+        validate(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.method=5", r"^train.method: invalid value 5; allowed: at, standard, trades$"),
+    ("data.tar_reader=tarfile", r"^data.tar_reader: invalid value 'tarfile'; allowed: fast, "
+                                r"webdataset$"),
+    ("train.checkpoint_upload=later", r"^train.checkpoint_upload: invalid value 'later'; "
+                                      r"allowed: async, sync$"),
+])
+def test_bad_choices_are_one_line_naming_field_value_and_allowed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(get_preset("smoke"), [override])

@@ -1,0 +1,173 @@
+"""Conversion of the run config to and from plain dicts and YAML, and `--set a.b=value` overrides.
+
+YAML lives only at the edges (exported configs, run directories); every value read is coerced to
+its field's declared type here, and an unknown key is one ConfigError line naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from adr_scale.config.schema import ConfigError, RunConfig, validate
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a parsed YAML / --set value to the field's declared type, or raise ConfigError."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise ConfigError(f"{key}: invalid value {value!r}; allowed: {', '.join(args)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: invalid value {value!r}; allowed: a list, e.g. [a, b]")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: invalid value {value!r}; allowed: true or false")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: invalid value {value!r}; allowed: an integer")
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ConfigError(f"{key}: invalid value {value!r}; allowed: a finite number")
+            return float(value)
+        raise ConfigError(f"{key}: invalid value {value!r}; allowed: a number")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: invalid value {value!r}; allowed: a string")
+    raise AssertionError(f"unsupported annotation {annotation} for {key}")
+
+
+def from_dict(raw: dict[str, Any], *, base: RunConfig | None = None, source: str = "config",
+              ) -> RunConfig:
+    """Build a RunConfig from a nested dict; missing keys keep `base`'s values, unknown keys fail."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    cfg = dataclasses.replace(base) if base is not None else RunConfig()
+    cfg = _deep_copy(cfg)
+    for key, value in raw.items():
+        if key == "seed":
+            cfg.seed = _coerce("seed", value, int)
+            continue
+        if key not in _field_types(RunConfig):
+            raise ConfigError(f"{source}: unknown key {key!r}; allowed: "
+                              + ", ".join(sorted(_field_types(RunConfig))))
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: section {key!r} must be a mapping, got {value!r}")
+        section = getattr(cfg, key)
+        hints = _field_types(type(section))
+        for sub, subvalue in value.items():
+            dotted = f"{key}.{sub}"
+            if sub not in hints:
+                raise ConfigError(f"{source}: unknown key {dotted!r}; allowed in {key}: "
+                                  + ", ".join(sorted(hints)))
+            setattr(section, sub, _coerce(dotted, subvalue, hints[sub]))
+    return cfg
+
+
+def _deep_copy(cfg: RunConfig) -> RunConfig:
+    return RunConfig(**{f.name: dataclasses.replace(getattr(cfg, f.name))
+                        if dataclasses.is_dataclass(getattr(cfg, f.name)) else getattr(cfg, f.name)
+                        for f in dataclasses.fields(RunConfig)})
+
+
+def dump_yaml(cfg: RunConfig, path: str | Path | None = None) -> str:
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
+
+
+def read_yaml_file(path: str | Path, flag: str) -> Any:
+    """yaml.safe_load a user's file; a missing file or bad syntax is one ConfigError line."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag}: {str(p)!r} is a directory; allowed: a YAML file")
+    if not p.is_file():
+        raise ConfigError(f"{flag}: file {str(p)!r} does not exist")
+    try:
+        return yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:  # a binary file, e.g. a checkpoint passed as --config
+        raise ConfigError(f"{flag}: {str(p)!r} is not a text YAML file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{flag}: {str(p)!r} is not valid YAML{where}") from None
+
+
+def load_yaml(path: str | Path, *, base: RunConfig | None = None) -> RunConfig:
+    raw = read_yaml_file(path, "--config")
+    return validate(from_dict(raw or {}, base=base, source=str(path)))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value), the value parsed as a YAML scalar (1e-3, true, null)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set: {item!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def attack_line(cfg: RunConfig) -> str:
+    """The attack budget a run trains and validates with, in one line (printed at every start:
+    eps is the field a user of a new dataset most needs to see)."""
+    def px(x: float) -> str:
+        k = x * 255
+        return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) else f"{x:g}"
+
+    a = cfg.attack
+    return (f"attack: Linf eps {px(a.eps)} ({a.eps:.4g}), PGD-{a.steps} step {px(a.alpha)} in "
+            f"training, PGD-{a.eval_steps} in validation, on {cfg.data.dataset}")
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `a.b=value` strings; values are parsed as YAML scalars (1e-3, true, null, cifar10)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        if key == "seed":
+            nested["seed"] = value
+        elif len(parts) != 2:
+            raise ConfigError(f"--set: unknown key {key!r}; use section.key, e.g. adr.tau_start=1.5")
+        else:
+            nested.setdefault(parts[0], {})[parts[1]] = value
+    return validate(from_dict(nested, base=cfg, source="--set"))

@@ -25,7 +25,9 @@ from adr_scale.config.presets import (
     OFFICIAL_CODE,
     PAPER_TEXT,
     PRESETS,
+    RECIPES,
     SOURCES,
+    describe_preset,
     get_preset,
     paper_overrides,
     paper_text,
@@ -58,10 +60,10 @@ from adr_scale.config.schema import (
 
 __all__ = [
     "ACTIVATIONS", "ARCHS", "COMPILE_BACKENDS", "DATASETS", "GENERIC_DATASETS", "METHODS",
-    "OFFICIAL_CODE", "PAPER_TEXT", "PRECISIONS", "PRESETS", "SCHEDULES", "SOURCES",
+    "OFFICIAL_CODE", "PAPER_TEXT", "PRECISIONS", "PRESETS", "RECIPES", "SCHEDULES", "SOURCES",
     "TRADES_ATTACKS", "ADRConfig", "AWPConfig", "AttackConfig", "ConfigError", "DataConfig",
     "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "allow_name", "allowed_names",
-    "apply_overrides", "attack_line", "ddpm_base", "ddpm_paper_text", "dump_yaml", "from_dict",
+    "apply_overrides", "attack_line", "ddpm_base", "describe_preset", "ddpm_paper_text", "dump_yaml", "from_dict",
     "get_preset", "gin_file", "load_yaml", "paper_base", "paper_overrides", "paper_text",
     "parse_override", "preset", "read_yaml_file", "svhn_base", "to_dict", "validate",
 ]

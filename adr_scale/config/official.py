@@ -2,7 +2,7 @@
 
 The paper's Sec. 5.1 grid (dataset x architecture x AT / TRADES x WA x AWP x ADR), the Sec. 5.4
 DDPM runs and the SVHN grid are registered here: each preset is the paper-text configuration
-(`_variant`, `ddpm_paper_text`, `svhn_base`) with the official gin file's bindings
+(`paper_variant`, `ddpm_paper_text`, `svhn_base`) with the official gin file's bindings
 (`_GIN_DIFFS`) and what the official code fixes whatever a gin file binds (`_official_code`).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from adr_scale.config.presets import OFFICIAL_CODE, _edit, preset, svhn_base
+from adr_scale.config.presets import OFFICIAL_CODE, Recipe, _edit, preset, svhn_base
 from adr_scale.config.schema import RunConfig
 
 # The paper's Sec. 5.1 text per dataset: (epochs, tau_start, tau_end, lambda_start, lambda_end)
@@ -86,7 +86,7 @@ def paper_base(dataset: str, arch: str) -> RunConfig:
     return cfg
 
 
-def _variant(dataset: str, arch: str, method: str, wa: bool, awp: bool, adr: bool) -> RunConfig:
+def paper_variant(dataset: str, arch: str, method: str, wa: bool, awp: bool, adr: bool) -> RunConfig:
     """The paper-text configuration of one cell of Table 2 (AT) or Table 4 (TRADES)."""
     cfg = paper_base(dataset, arch)
     cfg.train.method = method
@@ -104,13 +104,18 @@ def gin_file(dataset: str, arch: str, method: str, awp: bool, adr: bool) -> str 
             f"_{'awp' if awp else 'sgd'}{'_adr' if adr else ''}.gin")
 
 
-def _official_variant(dataset, arch, method, wa, awp, adr) -> RunConfig:
-    cfg = _variant(dataset, arch, method, wa, awp, adr)
+def _official_recipe(dataset: str, arch: str, method: str, wa: bool, awp: bool, adr: bool,
+                     ) -> Recipe:
+    """The paper-text cell, then its gin file's bindings (adr.* only with ADR) and what the
+    official code fixes (_official_code)."""
+    setting = {"dataset": dataset, "arch": arch, "method": method, "wa": wa, "awp": awp, "adr": adr}
     diffs = _GIN_DIFFS.get((dataset, arch, method, awp), {})
-    _edit(cfg, {k: v for k, v in diffs.items() if adr or not k.startswith("adr.")})
-    return _edit(cfg, _official_code(cfg))
-
-
+    edits = {k: v for k, v in diffs.items() if adr or not k.startswith("adr.")}
+    gin = gin_file(dataset, arch, method, awp, adr)
+    return Recipe(builder=paper_variant, args=setting,
+                  edits=edits | _official_code(paper_variant(**setting)),
+                  generator=f"{__name__}._register_paper_grid",
+                  gin=f"{OFFICIAL_CODE} {gin}" if gin else None)
 
 
 def _title(method: str, wa: bool, awp: bool, adr: bool) -> str:
@@ -123,7 +128,8 @@ def _register_paper_grid() -> None:
     """{cifar10, cifar100, tinyimagenet200} x {resnet18, wrn34_10} x {at, trades} x WA x AWP x ADR.
 
     Names read like the paper's tables: cifar100_resnet18_at_wa_awp_adr is "AT + WA + AWP + ADR".
-    preset() appends each function's gin file and its departures from the paper text to its docstring.
+    preset() appends each function's gin file and its departures from the paper text to its
+    docstring; `python -m adr_scale.train --show-preset NAME` prints its recipe.
     """
     for dataset in _PAPER_ADR:
         for arch in ("resnet18", "wrn34_10"):
@@ -134,37 +140,28 @@ def _register_paper_grid() -> None:
                             name = (f"{dataset}_{arch}_{method}" + ("_wa" if wa else "")
                                     + ("_awp" if awp else "") + ("_adr" if adr else ""))
                             setting = (dataset, arch, method, wa, awp, adr)
-                            fn = _make(_official_variant, setting)
-                            fn.__name__ = fn.__qualname__ = name
+                            recipe = _official_recipe(*setting)
                             table = "Table 4 (TRADES)" if method == "trades" else "Table 2"
-                            fn.__doc__ = (f"{_title(method, wa, awp, adr)} on {dataset}, {arch}: "
-                                          f"paper Sec. 5.1, {table}.")
-                            gin = gin_file(dataset, arch, method, awp, adr)
-                            source = (f"{OFFICIAL_CODE} {gin}" if gin else "no official config "
+                            fn = recipe.function(name, f"{_title(method, wa, awp, adr)} on "
+                                                 f"{dataset}, {arch}: paper Sec. 5.1, {table}.")
+                            source = (recipe.gin or "no official config "
                                       "(no gin file; the official code's behaviour applied)")
-                            preset(fn, paper=_make(_variant, setting), source=source)
+                            preset(fn, paper=_make(paper_variant, setting), source=source,
+                                   recipe=recipe)
         for arch in ("resnet18", "preact_resnet18"):
-            fn = _make_standard(dataset, arch)
-            fn.__name__ = fn.__qualname__ = f"{dataset}_{arch}_standard"
-            fn.__doc__ = (f"Non-adversarial {arch} on {dataset}: the classifier that pseudo-labels "
-                          "generated images (the official code uses released, labelled sets).")
-            preset(fn, source="no official config (the project's pseudo-labeller)")
+            # Non-adversarial training of the classifier that pseudo-labels generated images.
+            recipe = Recipe(builder=paper_base, args={"dataset": dataset, "arch": arch},
+                            edits={"train.method": "standard", "train.wa": True},
+                            generator=f"{__name__}._register_paper_grid")
+            fn = recipe.function(
+                f"{dataset}_{arch}_standard",
+                f"Non-adversarial {arch} on {dataset}: the classifier that pseudo-labels "
+                "generated images (the official code uses released, labelled sets).")
+            preset(fn, source="no official config (the project's pseudo-labeller)", recipe=recipe)
 
 
 def _make(builder: Callable[..., RunConfig], setting: tuple) -> Callable[[], RunConfig]:
     return lambda: builder(*setting)
-
-
-def _make_standard(dataset: str, arch: str) -> Callable[[], RunConfig]:
-    """Non-adversarial training of the classifier that pseudo-labels generated images."""
-
-    def build() -> RunConfig:
-        cfg = paper_base(dataset, arch)
-        cfg.train.method = "standard"
-        cfg.train.wa = True
-        return cfg
-
-    return build
 
 
 # Sec. 5.4 (Table 3): 1M DDPM images. Beyond what _official_code sets, the official DDPM runs
@@ -182,7 +179,7 @@ def ddpm_paper_text(dataset: str, arch: str, awp: bool) -> RunConfig:
     """Sec. 5.4's text: batch 1024 (75 % synthetic), cyclic LR 0.4 with 10 warm-up epochs, 400
     CIFAR-equivalent epochs, SiLU, WA, ADR with Sec. 5.1's tau / lambda; "AT+ADR" (no AWP) in
     Table 3, AWP only where the name says so."""
-    cfg = _variant(dataset, arch, "at", wa=True, awp=awp, adr=True)
+    cfg = paper_variant(dataset, arch, "at", wa=True, awp=awp, adr=True)
     cfg.data.synthetic = f"shards/{dataset}-ddpm"
     cfg.data.synthetic_fraction = 0.75
     cfg.model.activation = "silu"
@@ -246,11 +243,11 @@ def cifar10_preact_resnet18_ddpm_at_adr() -> RunConfig:
     return ddpm_base("cifar10", "preact_resnet18")
 
 
-
-def _svhn_variant(wa: bool, awp: bool, adr: bool) -> RunConfig:
-    cfg = svhn_base()
-    cfg.train.wa, cfg.awp.enabled, cfg.adr.enabled = wa, awp, adr
-    return _edit(cfg, _official_code(cfg))
+def _svhn_recipe(wa: bool, awp: bool, adr: bool) -> Recipe:
+    flags = {"train.wa": wa, "awp.enabled": awp, "adr.enabled": adr}
+    return Recipe(builder=svhn_base, args={},
+                  edits=flags | _official_code(_edit(svhn_base(), flags)),
+                  generator=f"{__name__}._register_svhn")
 
 
 def _register_svhn() -> None:
@@ -260,12 +257,11 @@ def _register_svhn() -> None:
             for adr in (False, True):
                 name = ("svhn_resnet18_at" + ("_wa" if wa else "") + ("_awp" if awp else "")
                         + ("_adr" if adr else ""))
-                fn = _make(_svhn_variant, (wa, awp, adr))
-                fn.__name__ = fn.__qualname__ = name
-                fn.__doc__ = (f"{_title('at', wa, awp, adr)} on SVHN, resnet18: "
-                              + (svhn_base.__doc__ or ""))
+                recipe = _svhn_recipe(wa, awp, adr)
+                fn = recipe.function(name, f"{_title('at', wa, awp, adr)} on SVHN, resnet18: "
+                                     + (svhn_base.__doc__ or ""))
                 preset(fn, source="no official config (the ADR paper has no SVHN run; each "
-                       "value's source: adr_scale.config.svhn_base)")
+                       "value's source: adr_scale.config.svhn_base)", recipe=recipe)
 
 
 _register_paper_grid()

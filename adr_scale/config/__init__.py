@@ -17,8 +17,10 @@ from adr_scale.config.io import (
     from_dict,
     load_yaml,
     parse_override,
+    parse_value,
     read_yaml_file,
     to_dict,
+    with_values,
 )
 from adr_scale.config.official import ddpm_base, ddpm_paper_text, gin_file, paper_base
 from adr_scale.config.presets import (
@@ -65,5 +67,6 @@ __all__ = [
     "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "allow_name", "allowed_names",
     "apply_overrides", "attack_line", "ddpm_base", "describe_preset", "ddpm_paper_text", "dump_yaml", "from_dict",
     "get_preset", "gin_file", "load_yaml", "paper_base", "paper_overrides", "paper_text",
-    "parse_override", "preset", "read_yaml_file", "svhn_base", "to_dict", "validate",
+    "parse_override", "parse_value", "preset", "read_yaml_file", "svhn_base", "to_dict", "validate",
+    "with_values",
 ]

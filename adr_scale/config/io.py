@@ -10,6 +10,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,15 +27,17 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Convert a parsed YAML / --set value to the field's declared type, or raise ConfigError."""
+def _coerce(key: str, value: Any, annotation: Any, *, text: bool = True) -> Any:
+    """Convert a value to the field's declared type, or raise ConfigError. `text`: the value was
+    read from YAML or `--set` text, where YAML 1.1 leaves 1e-3 (no dot) a string; a typed value
+    (text=False) is only checked and widened (int -> float)."""
     args = typing.get_args(annotation)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
+        return _coerce(key, value, inner[0], text=text)
     if origin is Literal:
         if isinstance(value, str) and value in args:
             return value
@@ -42,7 +45,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: invalid value {value!r}; allowed: a list, e.g. [a, b]")
-        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+        return [_coerce(f"{key}[{i}]", v, args[0], text=text) for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -54,7 +57,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return int(value)
         raise ConfigError(f"{key}: invalid value {value!r}; allowed: an integer")
     if annotation is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if text and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
@@ -158,16 +161,52 @@ def attack_line(cfg: RunConfig) -> str:
             f"training, PGD-{a.eval_steps} in validation, on {cfg.data.dataset}")
 
 
+def _annotation(dotted: str, source: str) -> Any:
+    """The declared type of a dotted field ('adr.tau_start', 'seed'); an unknown one is one line."""
+    top = _field_types(RunConfig)
+    if dotted == "seed":
+        return top["seed"]
+    section, _, key = dotted.partition(".")
+    if section in top and not dataclasses.is_dataclass(top[section]) or not key or "." in key:
+        raise ConfigError(f"{source}: unknown key {dotted!r}; use section.key, e.g. "
+                          "adr.tau_start=1.5")
+    if section not in top:
+        raise ConfigError(f"{source}: unknown key {section!r}; allowed: " + ", ".join(sorted(top)))
+    hints = _field_types(top[section])
+    if key not in hints:
+        raise ConfigError(f"{source}: unknown key {dotted!r}; allowed in {section}: "
+                          + ", ".join(sorted(hints)))
+    return hints[key]
+
+
+def parse_value(dotted: str, value: Any, *, source: str = "--set") -> Any:
+    """A value read from YAML or `--set` text (parse_override) -> the field's type."""
+    return _coerce(dotted, value, _annotation(dotted, source))
+
+
+def with_values(cfg: RunConfig, values: Mapping[str, Any], *, source: str = "values",
+                ) -> RunConfig:
+    """A new config: `cfg` with dotted fields set to typed values ({"adr.tau_start": 2.3}).
+
+    Each value is checked against its field's type without any text parsing (an int for a float
+    is widened; a string for a number is refused, in one line); the result is validated once.
+    """
+    new = _deep_copy(cfg)
+    for dotted, value in values.items():
+        typed = _coerce(dotted, value, _annotation(dotted, source), text=False)
+        section, _, key = dotted.partition(".")
+        if key:
+            setattr(getattr(new, section), key, typed)
+        else:
+            setattr(new, section, typed)
+    return validate(new)
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `a.b=value` strings; values are parsed as YAML scalars (1e-3, true, null, cifar10)."""
-    nested: dict[str, Any] = {}
+    """Apply `a.b=value` strings; values are parsed as YAML scalars (1e-3, true, null, cifar10),
+    converted to their fields' types, then set through with_values."""
+    values: dict[str, Any] = {}
     for item in overrides:
         key, value = parse_override(item)
-        parts = key.split(".")
-        if key == "seed":
-            nested["seed"] = value
-        elif len(parts) != 2:
-            raise ConfigError(f"--set: unknown key {key!r}; use section.key, e.g. adr.tau_start=1.5")
-        else:
-            nested.setdefault(parts[0], {})[parts[1]] = value
-    return validate(from_dict(nested, base=cfg, source="--set"))
+        values[key] = parse_value(key, value)
+    return with_values(cfg, values, source="--set")

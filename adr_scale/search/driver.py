@@ -354,7 +354,7 @@ def with_overrides(space: SearchSpace, overrides: list[str]) -> SearchSpace:
     run and best.yaml), checked as train checks them; a searched field cannot be fixed."""
     import dataclasses
 
-    from adr_scale.config import apply_overrides, get_preset, parse_override
+    from adr_scale.config import apply_overrides, get_preset, parse_override, parse_value
 
     if not overrides:
         return space
@@ -366,7 +366,7 @@ def with_overrides(space: SearchSpace, overrides: list[str]) -> SearchSpace:
         if key in searched:
             raise ConfigError(f"--set: {key} is searched by {space.source}; allowed: a field the "
                               f"space does not search (it searches {', '.join(sorted(searched))})")
-        fixed[key] = value
+        fixed[key] = parse_value(key, value)
     space = dataclasses.replace(space, fixed=fixed)
     space.example_config()  # valid together
     return space
@@ -533,12 +533,11 @@ def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
     Train; TuneReportCallback forwards its epochs to Tune; its end is recorded in storage."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from adr_scale.config import apply_overrides
     from adr_scale.ray_adapter import make_trainer
     from adr_scale.search.confirm import run_name
 
     name, seed = config["run"]
-    cfg = apply_overrides(space.long_run_config(candidates[name]), [f"seed={seed}"])
+    cfg = space.long_run_config(candidates[name], seed=seed)
     run = run_name(space, name, seed)
     make_trainer({"config": to_dict(cfg)}, name=run, storage=storage,
                  workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from adr_scale.config import (
+    PRESETS,
     ConfigError,
     RunConfig,
-    apply_overrides,
     get_preset,
+    parse_value,
     read_yaml_file,
+    with_values,
 )
 from adr_scale.config.io import _field_types
 
@@ -66,9 +66,9 @@ class SearchSpace:
     name: str
     base: str
     params: tuple[Param, ...]
-    fixed: dict[str, Any] = field(default_factory=dict)  # in every trial and in best.yaml
-    search: dict[str, Any] = field(default_factory=dict)  # search fidelity only
-    long_run: dict[str, Any] = field(default_factory=dict)  # best.yaml only
+    fixed: dict[str, Any] = field(default_factory=dict)  # in every trial and in best.yaml (typed)
+    search: dict[str, Any] = field(default_factory=dict)  # search fidelity only (typed)
+    long_run: dict[str, Any] = field(default_factory=dict)  # best.yaml only (typed)
     warm_start: dict[str, Any] = field(default_factory=dict)  # field -> value (the paper's)
     objective: str = "robust"
     sampler: str = "tpe"
@@ -94,9 +94,6 @@ class SearchSpace:
 
     # -- materialising configs ------------------------------------------------------------
 
-    def _overrides(self, values: dict[str, Any]) -> list[str]:
-        return [f"{k}={_yaml_scalar(v)}" for k, v in values.items()]
-
     def field_values(self, params: dict[str, Any]) -> dict[str, Any]:
         """Optuna parameter values -> config field values (gaps added to their bases)."""
         values: dict[str, Any] = {}
@@ -107,15 +104,23 @@ class SearchSpace:
         return values
 
     def trial_config(self, params: dict[str, Any]) -> RunConfig:
-        """The config one trial trains: base, fixed, search fidelity, then the sampled fields."""
-        cfg = apply_overrides(get_preset(self.base), self._overrides(self.fixed | self.search))
-        cfg = apply_overrides(cfg, [f"train.epochs={self.epochs}"])
-        return apply_overrides(cfg, self._overrides(self.field_values(params)))
+        """The config one trial trains: base, fixed, search fidelity, then the sampled fields (later
+        ones win), set as typed values and validated once."""
+        values = (self.fixed | self.search | {"train.epochs": self.epochs}
+                  | self.field_values(params))
+        return with_values(self._base(), values, source=self.source)
 
-    def long_run_config(self, params: dict[str, Any]) -> RunConfig:
-        """best.yaml: the same fields at full length (the base preset's epochs unless long_run says)."""
-        cfg = apply_overrides(get_preset(self.base), self._overrides(self.fixed | self.long_run))
-        return apply_overrides(cfg, self._overrides(self.field_values(params)))
+    def long_run_config(self, params: dict[str, Any], seed: int | None = None) -> RunConfig:
+        """best.yaml: the same fields at full length (the base preset's epochs unless long_run
+        says); `seed`: a confirmation run's."""
+        values = self.fixed | self.long_run | self.field_values(params)
+        return with_values(self._base(), values | ({} if seed is None else {"seed": seed}),
+                           source=self.source)
+
+    def _base(self) -> RunConfig:
+        """The base preset unvalidated: with_values validates the whole config once (the preset
+        alone was checked when the space was read)."""
+        return PRESETS[self.base]()
 
     def warm_start_params(self) -> dict[str, Any]:
         """The warm-start point in Optuna's parameter names (gaps computed from the fields)."""
@@ -265,10 +270,6 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _yaml_scalar(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
 def _dependency_order(params: tuple[Param, ...]) -> list[Param]:
     placed: dict[str, Param] = {}
     pending = list(params)
@@ -313,7 +314,11 @@ def _parse_param(source: str, dotted: str, spec: Any) -> Param:
             _fail(source, f"{where}.choices: a non-empty list is required for categorical")
         if spec.get("above"):
             _fail(source, f"{where}.above: not allowed for a categorical parameter")
-        return Param(field=dotted, distribution=dist, choices=tuple(choices))
+        try:  # typed once here: a trial sets them without parsing
+            typed = tuple(parse_value(dotted, c, source=f"{source}: {where}") for c in choices)
+        except ConfigError as exc:
+            _fail(source, f"{where}.choices: {exc}")
+        return Param(field=dotted, distribution=dist, choices=typed)
     low, high = spec.get("low"), spec.get("high")
     for key, value in (("low", low), ("high", high)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -337,10 +342,15 @@ def _parse_overrides(source: str, key: str, value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         _fail(source, f"{key}: expected a mapping of config fields, got {value!r}")
-    for dotted in value:
+    out = {}
+    for dotted, raw in value.items():
         if not _is_config_field(dotted):
             _fail(source, f"{key}.{dotted}: {dotted!r} is not a config field")
-    return dict(value)
+        try:
+            out[dotted] = parse_value(dotted, raw, source=f"{source}: {key}")
+        except ConfigError as exc:
+            _fail(source, f"{key}: {exc}")
+    return out
 
 
 def _positive_int(source: str, key: str, value: Any) -> int:

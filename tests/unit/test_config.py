@@ -139,3 +139,24 @@ def test_choice_fields_are_literals_and_their_tuples_come_from_them():
 def test_bad_choices_are_one_line_naming_field_value_and_allowed(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(get_preset("smoke"), [override])
+
+
+def test_with_values_sets_typed_values_and_validates_once():
+    from adr_scale.config import with_values
+
+    base = get_preset("smoke")
+    cfg = with_values(base, {"adr.tau_start": 3, "adr.tau_end": 2.3, "train.max_steps": None,
+                             "data.mean": (0.5,), "data.std": [0.25], "seed": 4})
+    assert cfg.adr.tau_start == 3.0 and isinstance(cfg.adr.tau_start, float)  # int -> float
+    assert (cfg.adr.tau_end, cfg.train.max_steps, cfg.data.mean, cfg.seed) == (2.3, None, [0.5], 4)
+    assert base.adr.tau_start == 2.5 and base.data.mean is None  # a new config; base unchanged
+    for values, message in [
+        ({"adr.tau_start": "2.3"}, r"^adr.tau_start: invalid value '2.3'; allowed: a number$"),
+        ({"optim.lr": "1e-3"}, r"^optim.lr: invalid value '1e-3'; allowed: a number$"),
+        ({"train.epochs": True}, r"^train.epochs: invalid value True; allowed: an integer$"),
+        ({"train.method": "mart"}, r"^train.method: invalid value 'mart'; allowed: at, "),
+        ({"adr.temperature": 1.0}, r"^values: unknown key 'adr.temperature'; allowed in adr: "),
+        ({"adr.tau_end": 9.0}, r"^adr.tau_end: 9.0 is above adr.tau_start"),  # validated
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            with_values(base, values)

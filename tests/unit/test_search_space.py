@@ -205,3 +205,40 @@ def test_a_small_search_starts_from_sobol_points_seeded_per_dataset():
         study.enqueue_trial(p)
     study.optimize(lambda t: DefineByRun(space)(t) or 0.0, n_trials=4)
     assert [t.params for t in study.trials] == sobol
+
+
+def test_a_trials_config_is_built_from_typed_values_and_validated_once(monkeypatch):
+    """The sampled values are set as floats (no YAML text round trip), and each config built is
+    validated once (the preset, fixed, fidelity and sampled values used to take four)."""
+    import adr_scale.config.io as config_io
+    import adr_scale.config.presets as presets
+    from adr_scale.config.schema import validate
+
+    calls = []
+
+    def counting(cfg):
+        calls.append(cfg)
+        return validate(cfg)
+
+    monkeypatch.setattr(config_io, "validate", counting)
+    monkeypatch.setattr(presets, "validate", counting)
+    space = load_space("search_spaces/smoke.yaml")
+    params = {"adr.tau_end": 1.2345678901234567, "adr.tau_start - adr.tau_end": 0.1,
+              "adr.lambda_start": 0.3, "adr.lambda_end - adr.lambda_start": 0.2}
+    calls.clear()
+    cfg = space.trial_config(params)
+    assert len(calls) == 1
+    assert cfg.adr.tau_end == 1.2345678901234567  # every digit: never printed and parsed back
+    assert (cfg.train.epochs, cfg.train.batch_size) == (space.epochs, 8)  # fidelity, fixed
+    calls.clear()
+    long = space.long_run_config(params, seed=5)
+    assert len(calls) == 1 and (long.seed, long.train.epochs) == (5, 15)
+
+
+def test_fixed_values_are_typed_when_the_space_is_read():
+    raw = _with(fixed={"optim.lr": "1e-3", "train.batch_size": 16, "optim.warmup_epochs": 0})
+    space = parse_space(raw)
+    assert space.fixed == {"optim.lr": 0.001, "train.batch_size": 16, "optim.warmup_epochs": 0.0}
+    with pytest.raises(ConfigError, match=r"^bad.yaml: fixed: train.batch_size: invalid value "
+                                          r"'many'; allowed: an integer$"):
+        parse_space(_with(fixed={"train.batch_size": "many"}), source="bad.yaml")

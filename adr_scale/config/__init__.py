@@ -54,9 +54,12 @@ from adr_scale.config.schema import (
     ModelConfig,
     OptimConfig,
     RunConfig,
+    Segment,
     TrainConfig,
     allow_name,
     allowed_names,
+    format_segments,
+    parse_segments,
     validate,
 )
 
@@ -64,9 +67,10 @@ __all__ = [
     "ACTIVATIONS", "ARCHS", "COMPILE_BACKENDS", "DATASETS", "GENERIC_DATASETS", "METHODS",
     "OFFICIAL_CODE", "PAPER_TEXT", "PRECISIONS", "PRESETS", "RECIPES", "SCHEDULES", "SOURCES",
     "TRADES_ATTACKS", "ADRConfig", "AWPConfig", "AttackConfig", "ConfigError", "DataConfig",
-    "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "allow_name", "allowed_names",
-    "apply_overrides", "attack_line", "ddpm_base", "describe_preset", "ddpm_paper_text", "dump_yaml", "from_dict",
+    "ModelConfig", "OptimConfig", "RunConfig", "Segment", "TrainConfig", "allow_name", "allowed_names",
+    "apply_overrides", "attack_line", "ddpm_base", "describe_preset", "ddpm_paper_text", "dump_yaml",
+    "format_segments", "from_dict",
     "get_preset", "gin_file", "load_yaml", "paper_base", "paper_overrides", "paper_text",
-    "parse_override", "parse_value", "preset", "read_yaml_file", "svhn_base", "to_dict", "validate",
+    "parse_override", "parse_segments", "parse_value", "preset", "read_yaml_file", "svhn_base", "to_dict", "validate",
     "with_values",
 ]

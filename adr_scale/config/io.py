@@ -16,11 +16,22 @@ from typing import Any, Literal
 
 import yaml
 
-from adr_scale.config.schema import ConfigError, RunConfig, validate
+from adr_scale.config.schema import (
+    ConfigError,
+    RunConfig,
+    Segment,
+    format_segments,
+    parse_segments,
+    validate,
+)
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """Plain values, as YAML, checkpoints and run names hold them; adr.segments in its text form
+    (what configs held before it was typed, so their comparisons and hashes stay the same)."""
+    out = dataclasses.asdict(cfg)
+    out["adr"]["segments"] = format_segments(cfg.adr.segments)
+    return out
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -38,6 +49,8 @@ def _coerce(key: str, value: Any, annotation: Any, *, text: bool = True) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0], text=text)
+    if annotation == tuple[Segment, ...]:
+        return _segments(key, value, text=text)
     if origin is Literal:
         if isinstance(value, str) and value in args:
             return value
@@ -72,6 +85,22 @@ def _coerce(key: str, value: Any, annotation: Any, *, text: bool = True) -> Any:
             return value
         raise ConfigError(f"{key}: invalid value {value!r}; allowed: a string")
     raise AssertionError(f"unsupported annotation {annotation} for {key}")
+
+
+def _segments(key: str, value: Any, *, text: bool) -> tuple[Segment, ...]:
+    """adr.segments from its text form (YAML, --set, checkpoints) or a list of 5-number lists."""
+    if text and isinstance(value, str):
+        try:
+            return tuple(parse_segments(value))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: invalid value {value!r}: {exc}") from None
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(seg, (list, tuple)) and len(seg) == len(Segment._fields) for seg in value):
+        return tuple(Segment(*(_coerce(f"{key}[{i}]", x, float, text=text) for x in seg))
+                     for i, seg in enumerate(value))
+    raise ConfigError(f"{key}: invalid value {value!r}; allowed: a list of [fraction, tau_start, "
+                      "tau_end, lambda_start, lambda_end]"
+                      + (", or text 'F:T0,T1,L0,L1;F:...'" if text else ""))
 
 
 def from_dict(raw: dict[str, Any], *, base: RunConfig | None = None, source: str = "config",

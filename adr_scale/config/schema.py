@@ -60,6 +60,47 @@ class ConfigError(ValueError):
 Check = tuple[str, Any, bool, str]  # (dotted field, value, ok, what is allowed)
 
 
+class Segment(typing.NamedTuple):
+    """One piece of a learned (PBT) ADR schedule: from `start` (a fraction of training) on, tau
+    and lambda follow the cosine of these ranges over the whole run (adr_scale.schedules), so a
+    schedule found at search fidelity replays at any length."""
+
+    start: float  # fraction of training in [0, 1) from which this segment holds
+    tau_start: float  # temperatures and interpolations, as ADRConfig's ranges
+    tau_end: float
+    lambda_start: float
+    lambda_end: float
+
+
+def parse_segments(text: str) -> list[Segment]:
+    """'0:2.5,2.0,0.7,0.95;0.5:2.2,1.8,0.7,0.9' -> segments; raises ValueError on bad text."""
+    segments = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        start, sep, values = part.partition(":")
+        numbers = [float(v) for v in values.split(",")] if sep else []
+        if len(numbers) != 4:
+            raise ValueError(f"segment {part!r} is not fraction:tau_start,tau_end,"
+                             "lambda_start,lambda_end")
+        segments.append(Segment(float(start), *numbers))
+    fractions = [seg[0] for seg in segments]
+    if segments and (fractions[0] != 0.0 or fractions != sorted(set(fractions))
+                     or fractions[-1] >= 1.0):
+        raise ValueError("segment fractions must start at 0, rise, and stay below 1")
+    return segments
+
+
+def _number(x: float) -> str:
+    """Six significant digits where they are exact (the text a config shows), else every digit,
+    so that parse_segments(format_segments(s)) == s."""
+    short = f"{x:.6g}"
+    return short if float(short) == x else repr(float(x))
+
+
+def format_segments(segments: typing.Iterable[typing.Sequence[float]]) -> str:
+    return ";".join(f"{_number(f)}:" + ",".join(_number(v) for v in values)
+                    for f, *values in segments)
+
+
 _IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "digits": 8, "tinyimagenet200": 64,  # pixels
                "svhn": 32, "mnist": 28, "fashion_mnist": 28, "stl10": 96}
 _CHANNELS = {"cifar10": 3, "cifar100": 3, "digits": 1, "tinyimagenet200": 3, "svhn": 3, "mnist": 1,
@@ -190,8 +231,9 @@ class ADRConfig:
     lambda_end: float = 0.95  # teacher interpolation at the last step, Sec. 5.1
     ema_decay: float = 0.995  # teacher = EMA of the student (also the WA model), Sec. 5.1
     ema_warmup: bool = False  # decay min(ema_decay, (1 + t) / (10 + t)) at step t (Wang et al. 2023)
-    segments: str = ""  # a learned (PBT) schedule replacing the ranges above from each fraction
-    #                     of training on: "0:2.5,2.0,0.7,0.95;0.5:2.2,1.8,0.75,0.9" (adr.schedules)
+    segments: tuple[Segment, ...] = ()  # a learned (PBT) schedule replacing the ranges above from
+    #   each fraction of training on; read as text "0:2.5,2.0,0.7,0.95;0.5:2.2,1.8,0.75,0.9" (written
+    #   so) or a list of [fraction, tau_start, tau_end, lambda_start, lambda_end] (adr.schedules)
 
     def checks(self) -> list[Check]:
         return [
@@ -213,15 +255,15 @@ class ADRConfig:
             raise ConfigError(f"adr.lambda_end: {self.lambda_end} is below adr.lambda_start="
                               f"{self.lambda_start}; the interpolation rises over training (Sec. 4.2)")
         if self.segments:
-            from adr_scale.schedules import parse_segments
-
-            try:
-                segments = parse_segments(self.segments)
-            except ValueError as exc:
-                raise ConfigError(f"adr.segments: invalid value {self.segments!r}: {exc}") from None
-            for _, t0, t1, l0, l1 in segments:
+            text = format_segments(self.segments)
+            fractions = [seg.start for seg in self.segments]
+            if (fractions[0] != 0.0 or fractions != sorted(set(fractions))
+                    or fractions[-1] >= 1.0):
+                raise ConfigError(f"adr.segments: invalid value {text!r}; segment fractions must "
+                                  "start at 0, rise, and stay below 1")
+            for _, t0, t1, l0, l1 in self.segments:
                 if min(t0, t1) <= 0 or not (0 <= l0 <= 1 and 0 <= l1 <= 1):
-                    raise ConfigError(f"adr.segments: invalid value {self.segments!r}; temperatures "
+                    raise ConfigError(f"adr.segments: invalid value {text!r}; temperatures "
                                       "must be > 0 and lambdas in [0, 1]")
 
 

@@ -194,17 +194,14 @@ def _train_segment(space, cfg, segments, lineage, start, done: int, until: int, 
                    gpus: float, cpus: float, storage: str):
     """Train epochs done+1..until from `start`; report them to Tune with a checkpoint; return
     (the Train checkpoint, the lineage of its state)."""
-    import dataclasses
     import tempfile
 
     import ray.tune
 
-    from adr_scale.config import validate
+    from adr_scale.config import with_values
     from adr_scale.ray_adapter import make_trainer
-    from adr_scale.schedules import format_segments
 
-    cfg = validate(dataclasses.replace(cfg, adr=dataclasses.replace(
-        cfg.adr, segments=format_segments([tuple(s) for s in segments]))))
+    cfg = with_values(cfg, {"adr.segments": segments})  # [[fraction, tau0, tau1, l0, l1], ...]
     trial_id = ray.tune.get_context().get_trial_id()
     name = _segment_run_name(space, trial_id, done, lineage, cfg)
     result = make_trainer(

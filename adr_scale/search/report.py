@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from adr_scale.config import dump_yaml
+from adr_scale.config import dump_yaml, format_segments
 from adr_scale.run.directory import atomic_write_text
 from adr_scale.run.files import latest_history, tune_checkpoint_files
 from adr_scale.schedules import adr_schedule
@@ -82,15 +82,11 @@ def collect_trials(space: SearchSpace, grid, storage: str,
 
 def run_config_of(space: SearchSpace, trial: dict[str, Any], *, long_run: bool):
     """The trial's config (search fidelity or full length), with its learned PBT schedule."""
-    import dataclasses
-
-    from adr_scale.config import validate
-    from adr_scale.schedules import format_segments
+    from adr_scale.config import with_values
 
     cfg = (space.long_run_config if long_run else space.trial_config)(trial["params"])
-    if trial.get("segments"):
-        cfg = validate(dataclasses.replace(cfg, adr=dataclasses.replace(
-            cfg.adr, segments=format_segments([tuple(x) for x in trial["segments"]]))))
+    if trial.get("segments"):  # [[fraction, tau0, tau1, lambda0, lambda1], ...] (segments.json)
+        cfg = with_values(cfg, {"adr.segments": trial["segments"]})
     return cfg
 
 
@@ -142,7 +138,8 @@ def write_results_parquet(path: Path, trials: list[dict[str, Any]]) -> None:
 
 def write_best_yaml(path: Path, space: SearchSpace, best: dict[str, Any]) -> None:
     cfg = run_config_of(space, best, long_run=True)
-    learned = f" Learned PBT schedule: adr.segments={cfg.adr.segments}." if cfg.adr.segments else ""
+    learned = (f" Learned PBT schedule: adr.segments={format_segments(cfg.adr.segments)}."
+               if cfg.adr.segments else "")
     header = (f"# Best schedule of search '{space.name}' ({space.source}): trial {best['trial_id']},"
               f" validation PGD robust accuracy {best[METRIC]:.4f}, clean {best[CLEAN_METRIC]:.4f}"
               f" after {best['epochs']} search epochs.{learned}\n# Full length ({cfg.train.epochs} epochs):"

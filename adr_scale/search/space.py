@@ -518,8 +518,8 @@ def _check_types(space: SearchSpace) -> None:
     for p in space.params:
         section, _, key = p.field.partition(".")
         hint = _field_types(_field_types(RunConfig)[section])[key]
-        kind = next((t for t in (bool, int, float, str) if t is hint or t in typing.get_args(hint)),
-                    None)
+        kind = str if typing.get_origin(hint) is typing.Literal else next(
+            (t for t in (bool, int, float, str) if t is hint or t in typing.get_args(hint)), None)
         allowed = {bool: ("categorical",), str: ("categorical",),
                    int: ("categorical", "int"), float: DISTRIBUTIONS}.get(kind, DISTRIBUTIONS)
         if p.distribution not in allowed:

@@ -182,7 +182,7 @@ def test_tau_and_lambda_follow_the_official_cosine_scheduler():
         n = epochs * per_epoch
         tau_ref = _official_cosine(t_hi, t_lo, epochs, per_epoch)  # temperature_high -> low
         lam_ref = _official_cosine(l_lo, l_hi, epochs, per_epoch)  # interpolation_low -> high
-        ours = np.array([adr_values(t_hi, t_lo, l_lo, l_hi, "", i, n) for i in range(n)])
+        ours = np.array([adr_values(t_hi, t_lo, l_lo, l_hi, (), i, n) for i in range(n)])
         worst = max(worst, np.abs(ours[:, 0] - tau_ref).max(), np.abs(ours[:, 1] - lam_ref).max())
     assert worst < 1e-12
 

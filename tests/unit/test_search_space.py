@@ -242,3 +242,11 @@ def test_fixed_values_are_typed_when_the_space_is_read():
     with pytest.raises(ConfigError, match=r"^bad.yaml: fixed: train.batch_size: invalid value "
                                           r"'many'; allowed: an integer$"):
         parse_space(_with(fixed={"train.batch_size": "many"}), source="bad.yaml")
+
+
+def test_a_choice_field_is_searched_by_categorical_only():
+    params = {"train.method": {"distribution": "uniform", "low": 0, "high": 1}}
+    with pytest.raises(ConfigError, match=r"params.train.method.distribution: 'uniform' samples "
+                                          r"non-integers for the str field train.method; allowed: "
+                                          r"categorical$"):
+        parse_space(_with(params=SMOKE["params"] | params, warm_start=None), source="bad.yaml")

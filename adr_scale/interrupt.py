@@ -3,13 +3,14 @@
 
 A driver wraps its work in `StopSignals`. The first signal either raises `Interrupted` where the
 driver stands (the default) or, while a stage that can stop gracefully runs (a Tune `fit`), calls
-that stage's `graceful` hook and lets it return; the driver then reads `received` and stops. A
-second signal while shutting down raises `Interrupted` at once. Nothing here imports Ray.
+that stage's `graceful` hook and lets it return (`fit_tuner` for a Tune fit); the driver then
+reads `received` and stops. A second signal while shutting down raises `Interrupted` at once. Nothing here imports Ray.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -105,3 +106,21 @@ class StopSignals:
             signal.signal(s, handler)
         self._previous.clear()
         self._entered = False
+
+
+def fit_tuner(tuner, stop: StopSignals):
+    """tuner.fit(), where the first stop signal asks Tune to end the stage gracefully (Tune's own
+    SIGUSR1 handler, installed by fit, stops the trials and saves the experiment state). Both
+    search stages (the search, each confirmation round) run through it; the tuner comes in built,
+    so nothing here imports Ray."""
+
+    def ask_tune_to_stop(signum: int) -> None:
+        if not callable(signal.getsignal(signal.SIGUSR1)):  # Tune's loop is not up yet
+            raise Interrupted(signum)
+        print(f"{signal.Signals(signum).name}: stopping the running trials and saving the "
+              "search state (a second signal quits at once)", file=sys.stderr, flush=True)
+        signal.raise_signal(signal.SIGUSR1)
+
+    stop.install()  # ray.init replaced the SIGTERM handler
+    with stop.graceful(ask_tune_to_stop), stop.translated():  # Ray's own KeyboardInterrupt too
+        return tuner.fit()

@@ -1,7 +1,7 @@
 """The Ray Train adapter: the per-worker loop, the epoch report with its checkpoint, the one
 TorchTrainer of every launch, the controller callback that keeps a run directory current, the
 storage probe and the local Ray. Used by both drivers (`adr_scale.drivers.launch` for a run,
-`adr_scale.search.driver` for a trial), importing neither CLI.
+`adr_scale.search.trial` for a trial), importing neither CLI.
 
 Ray is imported here at module level: import this module only once the input has been checked
 (the CLIs refuse bad flags, data roots and addresses before importing Ray, `adr_scale.cli`).

@@ -1,4 +1,6 @@
 """The search behind `python -m adr_scale.tune`: the space (`space`), the rung-keeping schedulers
-(`schedulers`), a resumed search (`resume`), the driver with its trials and the confirmation's
-Tune grid (`driver`), the confirmation's bookkeeping (`confirm`), statistics (`stats`) and the
-report (`report`). Only `driver`, `schedulers` and `resume` import Ray; nothing is imported here."""
+(`schedulers`), a resumed search (`resume`), the driver (`driver`: the CLI, the Tuner, the search
+then the confirmation), a trial (`trial`: Train runs per stretch, PBT segments, confirmation runs),
+the confirmation stage's Tune grid (`confirmation`), its Ray-free bookkeeping (`confirm`),
+statistics (`stats`) and the report (`report`). Only `driver`, `trial`, `confirmation`,
+`schedulers` and `resume` import Ray; nothing is imported here."""

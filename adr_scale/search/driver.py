@@ -32,25 +32,18 @@ from pathlib import Path
 from typing import Any
 
 from adr_scale.cli import OneLineParser, check_address
-from adr_scale.config import ConfigError, attack_line, to_dict
-from adr_scale.interrupt import Interrupted, StopSignals
-from adr_scale.run.files import (
-    is_finished,
-    latest_run,
-    mark_finished,
-    read_lineage,
-    read_segments,
-    write_segment_files,
-)
+from adr_scale.config import ConfigError, attack_line
+from adr_scale.interrupt import Interrupted, StopSignals, fit_tuner
 from adr_scale.run.lock import RunLock
+from adr_scale.search.confirmation import ConfirmationIncomplete, run_confirmation
 from adr_scale.search.space import (
     CLEAN_METRIC,
     METRIC,
     DefineByRun,
     SearchSpace,
     load_space,
-    rung_milestones,
 )
+from adr_scale.search.trial import run_pbt_trial, run_trial
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,138 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------------------------------------
-# One trial (runs in a Tune trial actor)
-
-# A Train run inside a Tune trial never restarts its own worker group: when Tune stops or pauses
-# the trial, its actor exits and takes the Train controller down, whose workers die first; a
-# controller that may retry then starts a new worker group, and the placement group it creates
-# as it dies is never removed (seen: a resumed halving search whose next trial waited for that
-# CPU for ever). Restarts are Tune's (`--max-failures`: tune.FailureConfig), which relaunch the
-# trial and so its Train run, resuming from the run's latest checkpoint.
-IN_TRIAL_RESTARTS = 0
-
-
-def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
-              cpus: float, storage: str) -> None:
-    """Train the trial's config on Ray Train, one Train run (of the same name, so each resumes
-    from the last one's checkpoint) per stretch up to a stop: the budget, and under successive
-    halving each rung as well. TuneReportCallback forwards the epochs before a stop as they
-    come; the stop's own epoch is reported by this function once its Train run has ended. So
-    Tune decides at a rung (pause, stop, go on) with no Train run up: a paused trial trains
-    not one epoch past its rung, and a stopped one leaves no Train run to tear down."""
-    import ray.tune
-
-    from adr_scale.ray_adapter import make_trainer
-
-    sampled = {p.name: params[p.name] for p in space.params}
-    cfg = space.trial_config(sampled)
-    name = f"{space.name}-{ray.tune.get_context().get_trial_id()}"
-
-    def report_latest() -> None:
-        """Report the trial's last trained epoch (returns if Tune says go on)."""
-        path, rows = latest_run(storage, name)
-        if rows:
-            ray.tune.report(rows[-1] | {"checkpoint_path": path})
-
-    stops = trial_stops(space, reference=space.reference_of_params(sampled) is not None)
-    _, rows = latest_run(storage, name)
-    done = rows[-1]["epoch"] if rows else 0
-    if done in stops:  # relaunched (a resume, an unpaused trial) at a stop: say it again
-        report_latest()
-    for until in (s for s in stops if s > done):
-        make_trainer({"config": to_dict(cfg), "until_epoch": until}, name=name, storage=storage,
-                     workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,
-                     callbacks=[_forward_before(until)]).fit()
-        report_latest()
-
-
-def trial_stops(space: SearchSpace, reference: bool = False) -> list[int]:
-    """The epochs at which a search trial's Train run ends: its rungs (successive halving; not
-    for a reference trial, which no rung pauses), then the budget."""
-    rungs = (rung_milestones(space.epochs, space.grace_period, space.reduction_factor)
-             if space.scheduler == "halving" and not reference else [])
-    return [*rungs, space.epochs]
-
-
-def _forward_before(until: int):
-    """A TuneReportCallback that forwards the epochs before `until` only."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    class ForwardBefore(TuneReportCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            if metrics and metrics[0].get("epoch", until) < until:
-                super().after_report(run_context, metrics, checkpoint)
-
-    return ForwardBefore()
-
-
-def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus: float,
-                  cpus: float, storage: str) -> None:
-    """A PBT trial: train `perturbation_interval` epochs at a time, each segment a Ray Train run
-    that starts from the previous segment's checkpoint (after an exploit: another trial's, which
-    Tune hands over as this trial's Tune checkpoint), and report a Tune checkpoint after each.
-    When the tau / lambda ranges change, the learned schedule (adr.segments) gains a segment, so
-    the winner's schedule can be replayed at full length. The checkpoint's lineage names the
-    segment runs (and so the donor of an exploit) that trained the state."""
-    import ray.tune
-
-    start = ray.tune.get_checkpoint()
-    segments, done, lineage = [], 0, []
-    if start is not None:
-        with start.as_directory() as directory:
-            segments, done = read_segments(Path(directory))
-            lineage = read_lineage(Path(directory))
-    cfg = space.trial_config({p.name: params[p.name] for p in space.params})
-    a = cfg.adr
-    current = [a.tau_start, a.tau_end, a.lambda_start, a.lambda_end]
-    segments = [s for s in segments if s[0] < done / space.epochs]
-    if not segments or segments[-1][1:] != current:
-        segments.append([done / space.epochs, *current])
-    while done < space.epochs:
-        until = min(done + space.perturbation_interval, space.epochs)
-        start, lineage = _train_segment(space, cfg, segments, lineage, start, done, until,
-                                        workers, gpus, cpus, storage)
-        done = until
-
-
-def _segment_run_name(space: SearchSpace, trial_id: str, done: int, lineage, cfg) -> str:
-    """A deterministic Ray Train run name, unique per (state it starts from, config): a trial that
-    exploits a donor's state (or the same state twice with new values) must not resume a run of
-    its own with the same start epoch, and a restarted driver must find the run it interrupted."""
-    import hashlib
-
-    key = json.dumps([lineage, to_dict(cfg)], sort_keys=True, default=str)
-    return f"{space.name}-{trial_id}-from{done:04d}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-
-
-def _train_segment(space, cfg, segments, lineage, start, done: int, until: int, workers: int,
-                   gpus: float, cpus: float, storage: str):
-    """Train epochs done+1..until from `start`; report them to Tune with a checkpoint; return
-    (the Train checkpoint, the lineage of its state)."""
-    import tempfile
-
-    import ray.tune
-
-    from adr_scale.config import with_values
-    from adr_scale.ray_adapter import make_trainer
-
-    cfg = with_values(cfg, {"adr.segments": segments})  # [[fraction, tau0, tau1, l0, l1], ...]
-    trial_id = ray.tune.get_context().get_trial_id()
-    name = _segment_run_name(space, trial_id, done, lineage, cfg)
-    result = make_trainer(
-        {"config": to_dict(cfg), "init_checkpoint": start, "until_epoch": until},
-        name=name, storage=storage, workers=workers,
-        gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS).fit()
-    lineage = [*lineage, {"trial": trial_id, "from": done, "until": until, "run": name}]
-    with result.checkpoint.as_directory() as src, tempfile.TemporaryDirectory() as dst:
-        write_segment_files(Path(src), Path(dst), segments, until, lineage)
-        metrics = {k: v for k, v in result.metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(dst))
-    return result.checkpoint, lineage
-
-
 def _pbt_domain(p):
     from ray import tune
 
@@ -227,10 +88,6 @@ def _pbt_domain(p):
     if p.distribution == "loguniform":
         return tune.loguniform(p.low, p.high)
     return tune.uniform(p.low, p.high)
-
-
-# ---------------------------------------------------------------------------------------------
-# The driver
 
 
 def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int | None,
@@ -449,7 +306,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
             name=space.name, storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             callbacks=[WaitReport(getattr(setup["tune_config"], "search_alg", None))]))
-    grid = _fit(tuner, stop)
+    grid = fit_tuner(tuner, stop)
     statuses = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
     if stop.received:
         done = sum(status in ("TERMINATED", "ERROR") for status in statuses.values())
@@ -464,23 +321,6 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
             max_concurrent=space.confirm_concurrent or max_concurrent,
             gpus=gpus, cpus=cpus, storage=storage, max_failures=max_failures, stop=stop)
     return result
-
-
-def _fit(tuner, stop: StopSignals):
-    """tuner.fit(), where the first stop signal asks Tune to end the stage gracefully (Tune's own
-    SIGUSR1 handler, installed by fit, stops the trials and saves the experiment state)."""
-    import signal
-
-    def ask_tune_to_stop(signum: int) -> None:
-        if not callable(signal.getsignal(signal.SIGUSR1)):  # Tune's loop is not up yet
-            raise Interrupted(signum)
-        print(f"{signal.Signals(signum).name}: stopping the running trials and saving the "
-              "search state (a second signal quits at once)", file=sys.stderr, flush=True)
-        signal.raise_signal(signal.SIGUSR1)
-
-    stop.install()  # ray.init replaced the SIGTERM handler
-    with stop.graceful(ask_tune_to_stop), stop.translated():  # Ray's own KeyboardInterrupt too
-        return tuner.fit()
 
 
 def _check_same_space(path: Path, record: dict[str, Any]) -> None:
@@ -521,133 +361,6 @@ def _check_study(url: str, name: str, *, fresh: bool, flag: str) -> None:
         raise ConfigError(f"{flag}: holds study {name!r} of an earlier search whose Tune state "
                           "is gone; allowed: the search's own --out with its ray/ folder to "
                           "resume, or a new --out (or remove that study) to start over")
-
-
-def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
-                      candidates: dict[str, dict[str, Any]], workers: int, gpus: float,
-                      cpus: float, storage: str) -> None:
-    """One full-length run of the confirmation stage, config["run"] = [candidate, seed], on Ray
-    Train; TuneReportCallback forwards its epochs to Tune; its end is recorded in storage."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from adr_scale.ray_adapter import make_trainer
-    from adr_scale.search.confirm import run_name
-
-    name, seed = config["run"]
-    cfg = space.long_run_config(candidates[name], seed=seed)
-    run = run_name(space, name, seed)
-    make_trainer({"config": to_dict(cfg)}, name=run, storage=storage,
-                 workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,
-                 callbacks=[TuneReportCallback()]).fit()
-    mark_finished(storage, run, {"candidate": name, "seed": seed})
-
-
-def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path, *,
-                     max_concurrent: int, workers: int, gpus: float, cpus: float, storage: str,
-                     max_failures: int = 1, stop: StopSignals | None = None) -> list[Any]:
-    """Train the top_k schedules, the paper's and plain AT at full length, as a race over seeds
-    (`confirm.mode: race`: `confirm.plan_race`) or every candidate on every seed (`grid`), each
-    round's runs `max_concurrent` at once; then best.yaml becomes the winner and report.md gets
-    the comparison. Each run is a Ray Train run with a fixed name that records its end, and the
-    race is replayed from the finished runs: a rerun trains only what is missing (an unfinished
-    run resumes from its latest checkpoint), so an interrupt anywhere, or a changed confirm block,
-    resumes with the same command. Raises `Interrupted` on a stop signal and
-    `ConfirmationIncomplete` when a run failed; the winner is written only once decided."""
-    import time
-
-    from adr_scale.run.files import latest_history
-    from adr_scale.search.confirm import (
-        pick_candidates,
-        rank_correlation,
-        report_section,
-        run_name,
-        summarise,
-        write_winner,
-    )
-
-    stop = stop or StopSignals()
-    candidates = pick_candidates(space, ranked)
-    base_seed = space.long_run_config(candidates[0].params).seed
-    seeds = space.confirm_seed_list(base_seed)
-    print(f"confirming {len(candidates)} schedules ({', '.join(c.name for c in candidates)}) at "
-          f"full length: " + (f"a race over seeds {seeds} (at least {space.confirm_min_seeds} "
-                              f"each, alpha {space.confirm_alpha:g})" if space.confirm_mode == "race"
-                              else f"seeds {seeds}, {len(candidates) * len(seeds)} runs"))
-    start = time.monotonic()
-    while True:
-        race = _race(space, candidates, seeds, storage)
-        if race.decided:
-            break
-        _run_round(space, candidates, race.pending, race.rounds, max_concurrent=max_concurrent,
-                   workers=workers, gpus=gpus, cpus=cpus, storage=storage,
-                   max_failures=max_failures, stop=stop)
-    runs = race.runs(seeds)
-    rows = summarise(candidates, seeds, {r: latest_history(storage, run_name(space, *r))
-                                         for r in runs}, winner=race.active[0])
-    write_winner(out / "best.yaml", space, rows[0], base_seed)
-    section = report_section(space, rows, rank_correlation(rows), out, time.monotonic() - start,
-                             race=race, seeds=seeds)
-    report = out / "report.md"
-    text = report.read_text() if report.exists() else ""
-    # the search's own "Next" (best trial -> best.yaml) no longer holds: the section says what does
-    text = text.split("## Confirmation at full length")[0].split("## Next")[0].rstrip()
-    text += "\n\n" + section
-    from adr_scale.run.directory import atomic_write_text
-
-    atomic_write_text(report, text)
-    return rows
-
-
-def _race(space: SearchSpace, candidates, seeds: list[int], storage: str):
-    """The race (or grid) replayed from the finished confirmation runs."""
-    from adr_scale.run.files import latest_history
-    from adr_scale.search.confirm import full_length_score, plan_race, run_name
-
-    scores = {}
-    for c in candidates:
-        for s in seeds:
-            name = run_name(space, c.name, s)
-            if is_finished(storage, name):
-                scores[(c.name, s)] = full_length_score(latest_history(storage, name))[0]
-    grid = space.confirm_mode == "grid"
-    return plan_race([c.name for c in candidates], seeds, scores,
-                     min_seeds=len(seeds) if grid else space.confirm_min_seeds,
-                     alpha=0.0 if grid else space.confirm_alpha)
-
-
-def _run_round(space: SearchSpace, candidates, pending: list[tuple[str, int]], rounds: int, *,
-               max_concurrent: int, workers: int, gpus: float, cpus: float, storage: str,
-               max_failures: int, stop: StopSignals) -> None:
-    """Train one round's runs (a Tune grid, `max_concurrent` at once); raise `Interrupted` on a
-    stop signal, `ConfirmationIncomplete` if a run did not finish."""
-    from ray import tune
-
-    from adr_scale.search.confirm import run_name
-
-    print(f"confirmation round {rounds + 1}: {len(pending)} full-length runs "
-          f"({', '.join(f'{c} seed {s}' for c, s in pending)})", flush=True)
-    trainable = tune.with_parameters(
-        run_confirm_trial, space=space, candidates={c.name: c.params for c in candidates},
-        workers=workers, gpus=gpus, cpus=cpus, storage=storage)
-    tuner = tune.Tuner(
-        trainable, param_space={"run": tune.grid_search([list(r) for r in pending])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name=f"{space.name}-confirm", storage_path=storage,
-                                  failure_config=tune.FailureConfig(max_failures=max_failures)))
-    _fit(tuner, stop)
-    unfinished = [r for r in pending if not is_finished(storage, run_name(space, *r))]
-    if stop.received:
-        raise Interrupted(stop.received, f"{len(pending) - len(unfinished)} of {len(pending)} "
-                          f"runs of confirmation round {rounds + 1} finished, no winner written")
-    if unfinished:
-        raise ConfirmationIncomplete(
-            f"{len(unfinished)} of {len(pending)} confirmation runs failed "
-            f"({', '.join(f'{c} seed {s}' for c, s in unfinished)}; see the Ray Tune output "
-            "above); no winner written; rerun the same command to retry them")
-
-
-class ConfirmationIncomplete(RuntimeError):
-    """A confirmation run failed (after its retries): no winner can be named."""
 
 
 def _space_record(space: SearchSpace, num_samples: int) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def test_halving_rung_records_survive_a_killed_driver(tmp_path):
         os.killpg(second.pid, signal.SIGKILL)  # with the local Ray it started
         second.wait()
         # a placement group leaked by a Train run that retried as Tune stopped its trial looked
-        # like this (see IN_TRIAL_RESTARTS in adr_scale/search/driver.py)
+        # like this (see IN_TRIAL_RESTARTS in adr_scale/search/trial.py)
         pytest.fail(f"the resumed search did not end in 420 s; rungs {_rungs(out)}")
     assert second.returncode == 0, stderr[-3000:]
     assert "resuming the search" in stdout + stderr

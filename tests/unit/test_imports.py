@@ -7,10 +7,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("adr_scale", "data_pipeline")
 # adr_scale.cli: only `--address auto`, whose lookup of the running cluster is Ray's own
-RAY_ALLOWED = ("adr_scale.ray_adapter", "adr_scale.search.driver", "adr_scale.search.schedulers",
+RAY_ALLOWED = ("adr_scale.ray_adapter", "adr_scale.search.driver", "adr_scale.search.trial",
+               "adr_scale.search.confirmation", "adr_scale.search.schedulers",
                "adr_scale.search.resume", "adr_scale.cli", "data_pipeline.generate_ddpm")
 DRIVERS = {"adr_scale.train", "adr_scale.tune", "adr_scale.tune.__main__",
-           "adr_scale.search.driver", "adr_scale.drivers", "adr_scale.ray_adapter"}
+           "adr_scale.search.driver", "adr_scale.search.trial", "adr_scale.search.confirmation",
+           "adr_scale.drivers", "adr_scale.ray_adapter"}
 CLIS = ("adr_scale.train", "adr_scale.search.driver")  # python -m adr_scale.train / .tune
 REPORTS = ("adr_scale.search.report", "adr_scale.run.outputs", "adr_scale.run.files")
 

@@ -135,7 +135,7 @@ def test_pbt_ranks_asynchronously_unless_synch_is_set():
 
 
 def test_a_trials_train_run_stops_at_the_rungs_under_halving_only():
-    from adr_scale.search.driver import trial_stops
+    from adr_scale.search.trial import trial_stops
 
     halving = {"type": "halving", "grace_period": 1, "reduction_factor": 4}
     assert trial_stops(parse_space(_with(scheduler=halving, budget={"epochs": 16}))) == [1, 4, 16]

@@ -12,7 +12,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -24,6 +24,8 @@ from adr_scale.config.schema import (
     parse_segments,
     validate,
 )
+
+T = TypeVar("T")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -49,8 +51,22 @@ def _coerce(key: str, value: Any, annotation: Any, *, text: bool = True) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0], text=text)
+    if annotation is Any:
+        return value
     if annotation == tuple[Segment, ...]:
         return _segments(key, value, text=text)
+    if dataclasses.is_dataclass(annotation):  # a record built by its owner (a search parameter)
+        if isinstance(value, annotation):
+            return value
+        raise ConfigError(f"{key}: invalid value {value!r}; allowed: a {annotation.__name__}")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: invalid value {value!r}; allowed: a list, e.g. [a, b]")
+        return tuple(_coerce(f"{key}[{i}]", v, args[0], text=text) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: invalid value {value!r}; allowed: a mapping")
+        return {k: _coerce(f"{key}.{k}", v, args[1], text=text) for k, v in value.items()}
     if origin is Literal:
         if isinstance(value, str) and value in args:
             return value
@@ -103,31 +119,56 @@ def _segments(key: str, value: Any, *, text: bool) -> tuple[Segment, ...]:
                       + (", or text 'F:T0,T1,L0,L1;F:...'" if text else ""))
 
 
+def dataclass_from_dict(cls: type[T], raw: Any, *, source: str, where: str = "",
+                        base: T | None = None, extra: Mapping[str, Any] | None = None) -> T:
+    """Build dataclass `cls` from a mapping read from YAML or a checkpoint: each key one field, a
+    nested dataclass from a nested mapping, each value coerced to its field's declared type.
+
+    Fields left out keep `base`'s values (copied), else their defaults; `extra` sets the fields
+    that are not keys of the mapping (where the mapping was read from, say). An unknown key (named
+    with the file and the allowed keys), a missing required key or a bad value is one ConfigError
+    line that starts with `source`.
+    """
+    extra = dict(extra or {})
+    if not isinstance(raw, Mapping):
+        got = f"{where}: expected a mapping, got {raw!r}" if where else (
+            f"expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(f"{source}: {got}")
+    hints = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in extra}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {dotted!r}; allowed"
+                              + (f" in {where}: " if where else ": ") + ", ".join(sorted(fields)))
+        if dataclasses.is_dataclass(hints[key]) and not isinstance(value, hints[key]):
+            values[key] = dataclass_from_dict(hints[key], value, source=source, where=dotted,
+                                              base=None if base is None else getattr(base, key))
+            continue
+        try:
+            values[key] = _coerce(dotted, value, hints[key])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    for name, f in fields.items():
+        if name in values:
+            continue
+        if base is not None and dataclasses.is_dataclass(hints[name]):  # a copy, not base's own
+            values[name] = dataclass_from_dict(hints[name], {}, source=source,
+                                               base=getattr(base, name))
+        elif (base is None and f.default is dataclasses.MISSING
+              and f.default_factory is dataclasses.MISSING):
+            missing = f"{where}.{name}" if where else name
+            raise ConfigError(f"{source}: missing key {missing!r}")
+    if base is not None:
+        return dataclasses.replace(base, **values, **extra)
+    return cls(**values, **extra)
+
+
 def from_dict(raw: dict[str, Any], *, base: RunConfig | None = None, source: str = "config",
               ) -> RunConfig:
     """Build a RunConfig from a nested dict; missing keys keep `base`'s values, unknown keys fail."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    cfg = dataclasses.replace(base) if base is not None else RunConfig()
-    cfg = _deep_copy(cfg)
-    for key, value in raw.items():
-        if key == "seed":
-            cfg.seed = _coerce("seed", value, int)
-            continue
-        if key not in _field_types(RunConfig):
-            raise ConfigError(f"{source}: unknown key {key!r}; allowed: "
-                              + ", ".join(sorted(_field_types(RunConfig))))
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: section {key!r} must be a mapping, got {value!r}")
-        section = getattr(cfg, key)
-        hints = _field_types(type(section))
-        for sub, subvalue in value.items():
-            dotted = f"{key}.{sub}"
-            if sub not in hints:
-                raise ConfigError(f"{source}: unknown key {dotted!r}; allowed in {key}: "
-                                  + ", ".join(sorted(hints)))
-            setattr(section, sub, _coerce(dotted, subvalue, hints[sub]))
-    return cfg
+    return dataclass_from_dict(RunConfig, raw, source=source, base=base)
 
 
 def _deep_copy(cfg: RunConfig) -> RunConfig:

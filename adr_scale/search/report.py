@@ -43,10 +43,10 @@ def trial_status(space: SearchSpace, tune_status: str | None, error: bool, epoch
         return "interrupted"
     if tune_status == "PENDING":
         return "pending"
-    if epochs >= space.epochs:
+    if epochs >= space.budget.epochs:
         return "completed"
-    if space.scheduler in ("asha", "halving", "pbt"):
-        return f"stopped early by {space.scheduler.upper()}"
+    if space.scheduler.type in ("asha", "halving", "pbt"):
+        return f"stopped early by {space.scheduler.type.upper()}"
     return "ended early"  # no scheduler stops a trial: its Train run ended before the budget
 
 
@@ -218,16 +218,18 @@ def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str],
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     names = [p.field for p in space.params]
-    how = (f"a PBT population mutating every {space.perturbation_interval} epochs (learned "
-           "schedules in best.yaml's adr.segments)" if space.scheduler == "pbt"
-           else f"{space.sampler.upper()} sampler (seed {space.seed})" + _startup_note(space, len(trials)))
+    how = (f"a PBT population mutating every {space.scheduler.perturbation_interval} epochs "
+           "(learned schedules in best.yaml's adr.segments)" if space.scheduler.type == "pbt"
+           else f"{space.sampler.type.upper()} sampler (seed {space.sampler.seed})"
+           + _startup_note(space, len(trials)))
+    budget = len(trials) * space.budget.epochs
     lines = [
         f"# Search '{space.name}' ({space.source})",
         "",
         f"Base preset `{space.base}`; {len(trials)} trials ({summary}); {how}; objective: validation "
         f"PGD robust accuracy{' and clean accuracy (Pareto)' if space.objective == 'pareto' else ''}"
-        f". Epochs consumed: {consumed} of {len(trials) * space.epochs} for running every trial "
-        f"to its {space.epochs}-epoch budget ({consumed / max(len(trials) * space.epochs, 1):.0%}).",
+        f". Epochs consumed: {consumed} of {budget} for running every trial "
+        f"to its {space.budget.epochs}-epoch budget ({consumed / max(budget, 1):.0%}).",
         "",
         "## Top trials (final validation accuracy, %)",
         "",
@@ -277,7 +279,7 @@ def write_search_outputs(space: SearchSpace, grid, out: Path, optuna_url: str, s
     best = ranked[0]
     write_best_yaml(out / "best.yaml", space, best)
     plot_top_schedules(out / "top_schedules.png", space, ranked)
-    skipped = (plot_study(out, space, optuna_url) if space.scheduler != "pbt" else
+    skipped = (plot_study(out, space, optuna_url) if space.scheduler.type != "pbt" else
                dict.fromkeys(("optimization_history.png", "param_importances.png",
                               "parallel_coordinate.png"), "PBT runs without an Optuna study"))
     atomic_write_text(out / "report.md", report_markdown(space, trials, ranked, skipped, out))

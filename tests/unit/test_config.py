@@ -160,3 +160,24 @@ def test_with_values_sets_typed_values_and_validates_once():
     ]:
         with pytest.raises(ConfigError, match=message):
             with_values(base, values)
+
+
+def test_the_generic_dataclass_reader_names_file_key_and_allowed_keys():
+    from adr_scale.config.io import dataclass_from_dict
+
+    base = get_preset("smoke")
+    cfg = dataclass_from_dict(RunConfig, {"adr": {"tau_end": 1}, "seed": 3}, source="c.yaml",
+                              base=base)
+    assert (cfg.adr.tau_end, cfg.seed, cfg.adr.tau_start) == (1.0, 3, base.adr.tau_start)
+    assert cfg.train is not base.train and cfg.train == base.train  # copied, not shared
+    assert dataclass_from_dict(RunConfig, {}, source="c.yaml") == RunConfig()
+    for raw, message in [
+        ({"adr": {"tau": 1}}, r"^c.yaml: unknown key 'adr.tau'; allowed in adr: ema_decay, "),
+        ({"optimizer": {}}, r"^c.yaml: unknown key 'optimizer'; allowed: adr, attack, awp, "),
+        ({"adr": 3}, r"^c.yaml: adr: expected a mapping, got 3$"),
+        ({"train": {"epochs": "ten"}}, r"^c.yaml: train.epochs: invalid value 'ten'; allowed: "
+                                       r"an integer$"),
+        ([1, 2], r"^c.yaml: expected a mapping at the top level, got list$"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            dataclass_from_dict(RunConfig, raw, source="c.yaml")

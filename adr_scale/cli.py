@@ -4,7 +4,9 @@ the scaling flags and the Ray address that the drivers take before Ray is import
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import sys
 
 from adr_scale.config import ConfigError, RunConfig
 
@@ -15,6 +17,15 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def print_listing(text: str) -> None:
+    """Print `text` to stdout; a reader that stops early (`| head`) is not an error: Python's
+    advice for SIGPIPE, stdout pointed at /dev/null so the exit flush does not fail either."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def check_scaling(cfg: RunConfig, workers: int, gpus: float, max_failures: int) -> None:

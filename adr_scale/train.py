@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from adr_scale.cli import OneLineParser, check_scaling
+from adr_scale.cli import OneLineParser, check_scaling, print_listing
 from adr_scale.config import (
     PRESETS,
     ConfigError,
@@ -117,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_presets:
-        print("\n".join(sorted(PRESETS)))
+        print_listing("\n".join(sorted(PRESETS)))
         return 0
     if args.show_preset:
         try:
-            print(describe_preset(args.show_preset))
+            print_listing(describe_preset(args.show_preset))
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

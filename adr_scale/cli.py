@@ -5,7 +5,9 @@ that the drivers take before Ray is imported or started."""
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import sys
 
 from adr_scale.config import ConfigError, RunConfig
 
@@ -25,6 +27,15 @@ def entry_parser(prog: str, doc: str, *, epilog_from: int = 1) -> OneLineParser:
     return OneLineParser(prog=prog, description=doc.split("\n\n")[0],
                          epilog=doc.split("\n\n", epilog_from)[epilog_from],
                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def print_listing(text: str) -> None:
+    """Print `text` to stdout; a reader that stops early (`| head`) is not an error: Python's
+    advice for SIGPIPE, stdout pointed at /dev/null so the exit flush does not fail either."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def check_scaling(cfg: RunConfig, workers: int, gpus: float, max_failures: int) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+from adr_scale.config.schema import Segment
 
 
 def cosine_anneal(start: float, end: float, step: int, total_steps: int) -> float:
@@ -40,42 +43,13 @@ def learning_rate(schedule: str, base_lr: float, step: int, total_steps: int,
     raise ValueError(f"optim.schedule: unknown schedule {schedule!r}; allowed: cyclic, piecewise")
 
 
-Segment = tuple[float, float, float, float, float]  # (from fraction, tau0, tau1, lambda0, lambda1)
-
-
-def parse_segments(text: str) -> list[Segment]:
-    """'0:2.5,2.0,0.7,0.95;0.5:2.2,1.8,0.7,0.9' -> segments; raises ValueError on bad text.
-
-    A learned (PBT) schedule: from each fraction of training on, tau and lambda follow the cosine
-    of that segment's ranges over the whole run, so a schedule found at search fidelity replays at
-    any length.
-    """
-    segments = []
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        start, sep, values = part.partition(":")
-        numbers = [float(v) for v in values.split(",")] if sep else []
-        if len(numbers) != 4:
-            raise ValueError(f"segment {part!r} is not fraction:tau_start,tau_end,"
-                             "lambda_start,lambda_end")
-        segments.append((float(start), *numbers))
-    fractions = [seg[0] for seg in segments]
-    if segments and (fractions[0] != 0.0 or fractions != sorted(set(fractions))
-                     or fractions[-1] >= 1.0):
-        raise ValueError("segment fractions must start at 0, rise, and stay below 1")
-    return segments
-
-
-def format_segments(segments: list[Segment]) -> str:
-    return ";".join(f"{f:.6g}:" + ",".join(f"{v:.6g}" for v in values)
-                    for f, *values in segments)
-
-
 def adr_values(tau_start: float, tau_end: float, lambda_start: float, lambda_end: float,
-               segments: str, step: int, total_steps: int) -> tuple[float, float]:
-    """(tau, lambda) at `step`: the cosine of Sec. 4.2, or of the segment in force (PBT replay)."""
+               segments: Sequence[Segment], step: int, total_steps: int) -> tuple[float, float]:
+    """(tau, lambda) at `step`: the cosine of Sec. 4.2, or of the segment in force (PBT replay:
+    from each segment's fraction of training on, its ranges over the whole run)."""
     if segments:
         progress = step / total_steps if total_steps > 0 else 1.0
-        for start, t0, t1, l0, l1 in parse_segments(segments):
+        for start, t0, t1, l0, l1 in segments:
             if progress >= start:
                 tau_start, tau_end, lambda_start, lambda_end = t0, t1, l0, l1
     return (cosine_anneal(tau_start, tau_end, step, total_steps),

@@ -7,6 +7,7 @@ Examples:
       --workers 8 --gpus-per-worker 1 --address auto --storage-path s3://bucket/adr --out runs/c100
   python -m adr_scale.train --from-search runs/search-c100 --workers 8 --gpus-per-worker 1 --out runs/c100-long
   python -m adr_scale.train --preset smoke --workers 0 --out runs/smoke-local   # no Ray at all
+  python -m adr_scale.train --show-preset cifar100_resnet18_at_awp_adr   # how a preset is built
 
 Rerunning the same command resumes from the latest checkpoint: run names are deterministic
 (the --out directory's name unless --name is given), never timestamps.
@@ -18,13 +19,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from adr_scale.cli import check_scaling, entry_parser
+from adr_scale.cli import check_scaling, entry_parser, print_listing
 from adr_scale.config import (
     PRESETS,
     ConfigError,
     RunConfig,
     apply_overrides,
     attack_line,
+    describe_preset,
     dump_yaml,
     get_preset,
     load_yaml,
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit")
     parser.add_argument("--list-presets", action="store_true", help="list preset names and exit")
+    parser.add_argument("--show-preset", metavar="NAME",
+                        help="print how preset NAME is built (a generated one's builder call, "
+                        "field edits and official gin file; a hand-written one's source) and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # Test hook: the last rank exits (os._exit) once at this step, as a crashed worker would.
     parser.add_argument("--fault-at-step", type=int, help=argparse.SUPPRESS)
@@ -110,7 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_presets:
-        print("\n".join(sorted(PRESETS)))
+        print_listing("\n".join(sorted(PRESETS)))
+        return 0
+    if args.show_preset:
+        try:
+            print_listing(describe_preset(args.show_preset))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     with StopSignals() as stop:
         try:

@@ -4,7 +4,7 @@ Both searches draw the same trials (the random sampler with one seed proposes th
 whatever the results, and the references come first), so the only difference is the early
 stopping. Prints the epochs each consumed, their ratio (goal <= 1/4), whether both pick the same
 best trial, and the wall time of each. `halving` (synchronous successive halving) has a fixed
-cost, `adr_scale.search.space.halving_cost` (the two references, never stopped, run the whole
+cost, `adr_scale.search.rungs.halving_cost` (the two references, never stopped, run the whole
 budget); asynchronous `asha` lets early trials through its rungs.
 
 Examples:
@@ -27,7 +27,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from adr_scale.search.driver import run_search
-from adr_scale.search.space import Param, halving_cost, load_space
+from adr_scale.search.params import Param
+from adr_scale.search.rungs import halving_cost
+from adr_scale.search.space import load_space
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,8 +81,12 @@ def benchmark_space(args: argparse.Namespace):
         params += (Param(field="optim.lr", distribution="loguniform", low=1e-4, high=0.2),)
         warm["optim.lr"] = 0.1
     return dataclasses.replace(
-        space, sampler="random", epochs=args.epochs, grace_period=1, params=params,
-        warm_start=warm, reduction_factor=args.reduction_factor, confirm_top_k=0,  # search only
+        space, sampler=dataclasses.replace(space.sampler, type="random"),
+        budget=dataclasses.replace(space.budget, epochs=args.epochs),
+        scheduler=dataclasses.replace(space.scheduler, grace_period=1,
+                                      reduction_factor=args.reduction_factor),
+        params=params, warm_start=warm,
+        confirm=dataclasses.replace(space.confirm, top_k=0),  # search only
         fixed=space.fixed | {"data.train_size": args.train_size})
 
 
@@ -90,7 +96,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, scheduler in ((args.scheduler, args.scheduler), ("full", "none")):
-            space = dataclasses.replace(base, scheduler=scheduler, name=f"cost-{label}")
+            space = dataclasses.replace(
+                base, scheduler=dataclasses.replace(base.scheduler, type=scheduler),
+                name=f"cost-{label}")
             out = Path(tmp) / label
             start = time.monotonic()
             best = run_search(space, out, num_samples=args.num_samples,

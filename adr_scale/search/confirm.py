@@ -52,7 +52,7 @@ def pick_candidates(space: SearchSpace, ranked: list[dict[str, Any]]) -> list[Ca
                              trial[METRIC] if trial else math.nan,
                              trial["trial_id"] if trial else None))
     searched = [t for t in ranked if space.reference_of(t["fields"]) is None]
-    for i, t in enumerate(searched[:space.confirm_top_k]):
+    for i, t in enumerate(searched[:space.confirm.top_k]):
         out.append(Candidate(f"search-{i + 1}", t["params"], t["fields"], t[METRIC], t["trial_id"]))
     return out
 
@@ -242,17 +242,17 @@ def report_section(space: SearchSpace, rows: list[Confirmed], rho: float, out: P
                    seeds: list[int] | None = None) -> str:
     winner = rows[0]
     epochs = space.long_run_config(winner.candidate.params).train.epochs
-    racing = race is not None and space.confirm_mode == "race"
-    how = (f"raced over up to {space.confirm_seeds} seeds: every candidate ran "
-           f"{space.confirm_min_seeds}, then after each round a candidate whose paired difference "
+    racing = race is not None and space.confirm.mode == "race"
+    how = (f"raced over up to {space.confirm.seeds} seeds: every candidate ran "
+           f"{space.confirm.min_seeds}, then after each round a candidate whose paired difference "
            f"to the leader was significantly negative (one-sided paired t, alpha "
-           f"{space.confirm_alpha:g}) stopped, and the rest got one more seed while more than one "
+           f"{space.confirm.alpha:g}) stopped, and the rest got one more seed while more than one "
            "was left" if racing else f"each trained with seeds {winner.seeds}")
     lines = [
         "## Confirmation at full length",
         "",
-        f"The top {space.confirm_top_k} searched "
-        f"schedule{'s' if space.confirm_top_k > 1 else ''}, the paper's schedule and plain AT "
+        f"The top {space.confirm.top_k} searched "
+        f"schedule{'s' if space.confirm.top_k > 1 else ''}, the paper's schedule and plain AT "
         f"(lambda 0) at full length ({epochs} epochs), {how} ({seconds / 60:.1f} min). Validation "
         "PGD robust and clean accuracy (%) of each run's best validated epoch, mean +- std over "
         "the seeds it ran; the differences are paired by seed (two-sided paired t test) over the "
@@ -269,7 +269,7 @@ def report_section(space: SearchSpace, rows: list[Confirmed], rho: float, out: P
                      f"{search} | {len(r.seeds)} | {r.robust} | {r.clean} | {_diff(r.vs_at)} | "
                      f"{_diff(r.vs_paper)} |"
                      + (f" {race_column(c.name, race, winner.candidate.name)} |" if racing else ""))
-    alpha = space.confirm_alpha
+    alpha = space.confirm.alpha
     lines += ["", *(f"- {verdict(winner.candidate.name, ref, test, alpha)}." for ref, test in
                     (("AT", winner.vs_at), ("paper", winner.vs_paper))
                     if ref != winner.candidate.name)]

@@ -42,9 +42,10 @@ def run_confirmation(space: SearchSpace, ranked: list[dict[str, Any]], out: Path
     candidates = pick_candidates(space, ranked)
     base_seed = space.long_run_config(candidates[0].params).seed
     seeds = space.confirm_seed_list(base_seed)
+    conf = space.confirm
     print(f"confirming {len(candidates)} schedules ({', '.join(c.name for c in candidates)}) at "
-          f"full length: " + (f"a race over seeds {seeds} (at least {space.confirm_min_seeds} "
-                              f"each, alpha {space.confirm_alpha:g})" if space.confirm_mode == "race"
+          f"full length: " + (f"a race over seeds {seeds} (at least {conf.min_seeds} "
+                              f"each, alpha {conf.alpha:g})" if conf.mode == "race"
                               else f"seeds {seeds}, {len(candidates) * len(seeds)} runs"))
     start = time.monotonic()
     while True:
@@ -82,10 +83,10 @@ def _race(space: SearchSpace, candidates, seeds: list[int], storage: str):
             name = run_name(space, c.name, s)
             if is_finished(storage, name):
                 scores[(c.name, s)] = full_length_score(latest_history(storage, name))[0]
-    grid = space.confirm_mode == "grid"
+    grid = space.confirm.mode == "grid"
     return plan_race([c.name for c in candidates], seeds, scores,
-                     min_seeds=len(seeds) if grid else space.confirm_min_seeds,
-                     alpha=0.0 if grid else space.confirm_alpha)
+                     min_seeds=len(seeds) if grid else space.confirm.min_seeds,
+                     alpha=0.0 if grid else space.confirm.alpha)
 
 
 def _run_round(space: SearchSpace, candidates, pending: list[tuple[str, int]], rounds: int, *,

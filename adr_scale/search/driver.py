@@ -102,8 +102,9 @@ def _searcher(space: SearchSpace, optuna_url: str, max_concurrent: int | None,
     else:
         metric, mode = METRIC, "max"
     points = _first_points(space, num_samples)
-    sampler = (optuna.samplers.RandomSampler(seed=space.seed) if space.sampler == "random"
-               else optuna.samplers.TPESampler(seed=space.seed,  # TPE after the start-up points
+    seed = space.sampler.seed
+    sampler = (optuna.samplers.RandomSampler(seed=seed) if space.sampler.type == "random"
+               else optuna.samplers.TPESampler(seed=seed,  # TPE after the start-up points
                                                n_startup_trials=max(len(points or []), 1)))
     searcher = OptunaSearch(
         space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler,
@@ -131,13 +132,13 @@ def _first_points(space: SearchSpace, num_samples: int = 0) -> list[dict[str, An
 def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None = None):
     from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining
 
-    if space.scheduler == "pbt":
+    if space.scheduler.type == "pbt":
         return PopulationBasedTraining(
             time_attr="epoch", metric=METRIC, mode="max",
-            perturbation_interval=space.perturbation_interval,
-            quantile_fraction=space.quantile_fraction, synch=space.synch,
+            perturbation_interval=space.scheduler.perturbation_interval,
+            quantile_fraction=space.scheduler.quantile_fraction, synch=space.scheduler.synch,
             hyperparam_mutations={p.name: _pbt_domain(p) for p in space.params})
-    if space.scheduler not in ("asha", "halving"):
+    if space.scheduler.type not in ("asha", "halving"):
         return FIFOScheduler()
     from adr_scale.search.schedulers import (
         ASHA_STATE,
@@ -147,16 +148,17 @@ def _scheduler(space: SearchSpace, num_samples: int = 0, state_dir: Path | None 
     )
 
     refs = min(len(space.reference_points()), num_samples)  # never stopped: not in the bracket
+    sched, epochs = space.scheduler, space.budget.epochs
     state_file, make = {
         "asha": (ASHA_STATE, lambda path: ResumableASHA(
-            state_path=path, time_attr="epoch", metric=METRIC, mode="max", max_t=space.epochs,
-            grace_period=space.grace_period, reduction_factor=space.reduction_factor,
+            state_path=path, time_attr="epoch", metric=METRIC, mode="max", max_t=epochs,
+            grace_period=sched.grace_period, reduction_factor=sched.reduction_factor,
             reference_of=space.reference_of_params)),
         "halving": (HALVING_STATE, lambda path: SuccessiveHalving(
-            metric=METRIC, max_t=space.epochs, bracket=num_samples - refs,
-            grace_period=space.grace_period, reduction_factor=space.reduction_factor,
+            metric=METRIC, max_t=epochs, bracket=num_samples - refs,
+            grace_period=sched.grace_period, reduction_factor=sched.reduction_factor,
             state_path=path, reference_of=space.reference_of_params)),
-    }[space.scheduler]
+    }[sched.type]
     path = Path(state_dir or ".") / state_file
     path.unlink(missing_ok=True)  # a new search: rung records of an old one do not apply
     return make(str(path))
@@ -172,14 +174,14 @@ def _tuner_setup(space: SearchSpace, optuna_url: str, num_samples: int, max_conc
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    if space.scheduler == "pbt":
+    if space.scheduler.type == "pbt":
         return {"param_space": {p.name: _pbt_domain(p) for p in space.params},
                 "tune_config": tune.TuneConfig(
                     search_alg=BasicVariantGenerator(points_to_evaluate=_first_points(space),
                                                      max_concurrent=max_concurrent),
                     scheduler=_scheduler(space), num_samples=num_samples)}
     searcher = _searcher(space, optuna_url,  # halving: no ConcurrencyLimiter (see above)
-                         None if space.scheduler == "halving" else max_concurrent, num_samples)
+                         None if space.scheduler.type == "halving" else max_concurrent, num_samples)
     return {"tune_config": tune.TuneConfig(
         search_alg=searcher, scheduler=_scheduler(space, num_samples, state_dir),
         num_samples=num_samples)}
@@ -197,7 +199,7 @@ def _bounded(space: SearchSpace, trainable):
     import ray
     from ray import tune
 
-    if space.scheduler != "halving" or not ray.cluster_resources().get(SEARCH_SLOT):
+    if space.scheduler.type != "halving" or not ray.cluster_resources().get(SEARCH_SLOT):
         return trainable
     return tune.with_resources(trainable, {"CPU": 1, SEARCH_SLOT: 1})
 
@@ -207,7 +209,7 @@ def with_overrides(space: SearchSpace, overrides: list[str]) -> SearchSpace:
     run and best.yaml), checked as train checks them; a searched field cannot be fixed."""
     import dataclasses
 
-    from adr_scale.config import apply_overrides, get_preset, parse_override
+    from adr_scale.config import apply_overrides, get_preset, parse_override, parse_value
 
     if not overrides:
         return space
@@ -219,7 +221,7 @@ def with_overrides(space: SearchSpace, overrides: list[str]) -> SearchSpace:
         if key in searched:
             raise ConfigError(f"--set: {key} is searched by {space.source}; allowed: a field the "
                               f"space does not search (it searches {', '.join(sorted(searched))})")
-        fixed[key] = value
+        fixed[key] = parse_value(key, value)
     space = dataclasses.replace(space, fixed=fixed)
     space.example_config()  # valid together
     return space
@@ -272,7 +274,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     record = _space_record(space, num_samples)
     if restoring:  # the same search, or a change that is safe to make mid-way
         _check_same_space(out / "space.json", record)
-    _check_study(optuna_url, space.name, fresh=not restoring and space.scheduler != "pbt",
+    _check_study(optuna_url, space.name, fresh=not restoring and space.scheduler.type != "pbt",
                  flag="--optuna-storage" if optuna_storage else f"{out / 'optuna.db'}")
     if not restoring:  # written before Ray starts: a full --out is one line, not a Ray traceback
         from adr_scale.run.directory import atomic_write_text
@@ -282,7 +284,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # our StopSignals asks Tune to stop
     if not ray.is_initialized():
-        at_once = max(max_concurrent, space.confirm_concurrent or 0)  # search or confirmation
+        at_once = max(max_concurrent, space.confirm.max_concurrent or 0)  # search or confirmation
         if address:
             ray.init(address=address)
         else:
@@ -290,7 +292,7 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
 
             start_local_ray(max(os.cpu_count() or 1, at_once * (1 + math.ceil(workers * cpus))),
                             resources={SEARCH_SLOT: max_concurrent})
-    trial_fn = run_pbt_trial if space.scheduler == "pbt" else run_trial
+    trial_fn = run_pbt_trial if space.scheduler.type == "pbt" else run_trial
     trainable = _bounded(space, tune.with_parameters(
         trial_fn, space=space, workers=workers, gpus=gpus, cpus=cpus, storage=storage))
     if restoring:
@@ -314,10 +316,10 @@ def run_search(space: SearchSpace, out: Path, *, num_samples: int, max_concurren
     from adr_scale.search.report import write_search_outputs
 
     result = write_search_outputs(space, grid, out, optuna_url, storage, statuses)
-    if result and space.confirm_top_k > 0 and space.scheduler != "pbt":  # PBT: see the README
+    if result and space.confirm.top_k > 0 and space.scheduler.type != "pbt":  # PBT: see the README
         result["confirmed"] = run_confirmation(
             space, result["ranked"], out, workers=workers,
-            max_concurrent=space.confirm_concurrent or max_concurrent,
+            max_concurrent=space.confirm.max_concurrent or max_concurrent,
             gpus=gpus, cpus=cpus, storage=storage, max_failures=max_failures, stop=stop)
     return result
 
@@ -363,11 +365,9 @@ def _check_study(url: str, name: str, *, fresh: bool, flag: str) -> None:
 
 
 def _space_record(space: SearchSpace, num_samples: int) -> dict[str, Any]:
-    """The space as a resumed search compares it (JSON values: what space.json holds)."""
-    import dataclasses
-
-    record = dataclasses.asdict(space) | {"num_samples": num_samples}
-    del record["source"]  # where the file lies: a copy of the same space resumes too
+    """The space as a resumed search compares it (JSON values: what space.json holds); not
+    where the file lies: a copy of the same space resumes too."""
+    record = space.record() | {"num_samples": num_samples}
     return json.loads(json.dumps(record, default=str))
 
 
@@ -425,7 +425,7 @@ def print_answer(best: dict[str, Any], out: Path, space: SearchSpace) -> None:
         print(f"confirmed winner: {win.candidate.name} (best.yaml)")
         for ref, test in (("AT", win.vs_at), ("paper", win.vs_paper)):
             if ref != win.candidate.name:
-                print(f"  {verdict(win.candidate.name, ref, test, space.confirm_alpha)}")
+                print(f"  {verdict(win.candidate.name, ref, test, space.confirm.alpha)}")
     if space.note:
         print(space.note)
 

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from adr_scale.config import dump_yaml
+from adr_scale.config import dump_yaml, format_segments
 from adr_scale.run.directory import atomic_write_text
 from adr_scale.run.files import latest_history, tune_checkpoint_files
 from adr_scale.schedules import adr_schedule
@@ -43,10 +43,10 @@ def trial_status(space: SearchSpace, tune_status: str | None, error: bool, epoch
         return "interrupted"
     if tune_status == "PENDING":
         return "pending"
-    if epochs >= space.epochs:
+    if epochs >= space.budget.epochs:
         return "completed"
-    if space.scheduler in ("asha", "halving", "pbt"):
-        return f"stopped early by {space.scheduler.upper()}"
+    if space.scheduler.type in ("asha", "halving", "pbt"):
+        return f"stopped early by {space.scheduler.type.upper()}"
     return "ended early"  # no scheduler stops a trial: its Train run ended before the budget
 
 
@@ -82,15 +82,11 @@ def collect_trials(space: SearchSpace, grid, storage: str,
 
 def run_config_of(space: SearchSpace, trial: dict[str, Any], *, long_run: bool):
     """The trial's config (search fidelity or full length), with its learned PBT schedule."""
-    import dataclasses
-
-    from adr_scale.config import validate
-    from adr_scale.schedules import format_segments
+    from adr_scale.config import with_values
 
     cfg = (space.long_run_config if long_run else space.trial_config)(trial["params"])
-    if trial.get("segments"):
-        cfg = validate(dataclasses.replace(cfg, adr=dataclasses.replace(
-            cfg.adr, segments=format_segments([tuple(x) for x in trial["segments"]]))))
+    if trial.get("segments"):  # [[fraction, tau0, tau1, lambda0, lambda1], ...] (segments.json)
+        cfg = with_values(cfg, {"adr.segments": trial["segments"]})
     return cfg
 
 
@@ -142,7 +138,8 @@ def write_results_parquet(path: Path, trials: list[dict[str, Any]]) -> None:
 
 def write_best_yaml(path: Path, space: SearchSpace, best: dict[str, Any]) -> None:
     cfg = run_config_of(space, best, long_run=True)
-    learned = f" Learned PBT schedule: adr.segments={cfg.adr.segments}." if cfg.adr.segments else ""
+    learned = (f" Learned PBT schedule: adr.segments={format_segments(cfg.adr.segments)}."
+               if cfg.adr.segments else "")
     header = (f"# Best schedule of search '{space.name}' ({space.source}): trial {best['trial_id']},"
               f" validation PGD robust accuracy {best[METRIC]:.4f}, clean {best[CLEAN_METRIC]:.4f}"
               f" after {best['epochs']} search epochs.{learned}\n# Full length ({cfg.train.epochs} epochs):"
@@ -221,16 +218,18 @@ def report_markdown(space: SearchSpace, trials, ranked, skipped: dict[str, str],
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     names = [p.field for p in space.params]
-    how = (f"a PBT population mutating every {space.perturbation_interval} epochs (learned "
-           "schedules in best.yaml's adr.segments)" if space.scheduler == "pbt"
-           else f"{space.sampler.upper()} sampler (seed {space.seed})" + _startup_note(space, len(trials)))
+    how = (f"a PBT population mutating every {space.scheduler.perturbation_interval} epochs "
+           "(learned schedules in best.yaml's adr.segments)" if space.scheduler.type == "pbt"
+           else f"{space.sampler.type.upper()} sampler (seed {space.sampler.seed})"
+           + _startup_note(space, len(trials)))
+    budget = len(trials) * space.budget.epochs
     lines = [
         f"# Search '{space.name}' ({space.source})",
         "",
         f"Base preset `{space.base}`; {len(trials)} trials ({summary}); {how}; objective: validation "
         f"PGD robust accuracy{' and clean accuracy (Pareto)' if space.objective == 'pareto' else ''}"
-        f". Epochs consumed: {consumed} of {len(trials) * space.epochs} for running every trial "
-        f"to its {space.epochs}-epoch budget ({consumed / max(len(trials) * space.epochs, 1):.0%}).",
+        f". Epochs consumed: {consumed} of {budget} for running every trial "
+        f"to its {space.budget.epochs}-epoch budget ({consumed / max(budget, 1):.0%}).",
         "",
         "## Top trials (final validation accuracy, %)",
         "",
@@ -280,7 +279,7 @@ def write_search_outputs(space: SearchSpace, grid, out: Path, optuna_url: str, s
     best = ranked[0]
     write_best_yaml(out / "best.yaml", space, best)
     plot_top_schedules(out / "top_schedules.png", space, ranked)
-    skipped = (plot_study(out, space, optuna_url) if space.scheduler != "pbt" else
+    skipped = (plot_study(out, space, optuna_url) if space.scheduler.type != "pbt" else
                dict.fromkeys(("optimization_history.png", "param_importances.png",
                               "parallel_coordinate.png"), "PBT runs without an Optuna study"))
     atomic_write_text(out / "report.md", report_markdown(space, trials, ranked, skipped, out))

@@ -15,7 +15,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from adr_scale.search.space import rung_milestones
+from adr_scale.search.rungs import rung_milestones
 
 HALVING_STATE = "halving_rungs.json"  # in --out: the successive-halving rung records
 ASHA_STATE = "asha_rungs.json"  # in --out: ASHA's rung records

@@ -20,7 +20,8 @@ from adr_scale.run.files import (
     read_segments,
     write_segment_files,
 )
-from adr_scale.search.space import SearchSpace, rung_milestones
+from adr_scale.search.rungs import rung_milestones
+from adr_scale.search.space import SearchSpace
 
 # A Train run inside a Tune trial never restarts its own worker group: when Tune stops or pauses
 # the trial, its actor exits and takes the Train controller down, whose workers die first; a
@@ -68,9 +69,10 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, gpus:
 def trial_stops(space: SearchSpace, reference: bool = False) -> list[int]:
     """The epochs at which a search trial's Train run ends: its rungs (successive halving; not
     for a reference trial, which no rung pauses), then the budget."""
-    rungs = (rung_milestones(space.epochs, space.grace_period, space.reduction_factor)
-             if space.scheduler == "halving" and not reference else [])
-    return [*rungs, space.epochs]
+    sched = space.scheduler
+    rungs = (rung_milestones(space.budget.epochs, sched.grace_period, sched.reduction_factor)
+             if sched.type == "halving" and not reference else [])
+    return [*rungs, space.budget.epochs]
 
 
 def _forward_before(until: int):
@@ -104,11 +106,11 @@ def run_pbt_trial(params: dict[str, Any], *, space: SearchSpace, workers: int, g
     cfg = space.trial_config({p.name: params[p.name] for p in space.params})
     a = cfg.adr
     current = [a.tau_start, a.tau_end, a.lambda_start, a.lambda_end]
-    segments = [s for s in segments if s[0] < done / space.epochs]
+    segments = [s for s in segments if s[0] < done / space.budget.epochs]
     if not segments or segments[-1][1:] != current:
-        segments.append([done / space.epochs, *current])
-    while done < space.epochs:
-        until = min(done + space.perturbation_interval, space.epochs)
+        segments.append([done / space.budget.epochs, *current])
+    while done < space.budget.epochs:
+        until = min(done + space.scheduler.perturbation_interval, space.budget.epochs)
         start, lineage = _train_segment(space, cfg, segments, lineage, start, done, until,
                                         workers, gpus, cpus, storage)
         done = until
@@ -128,17 +130,14 @@ def _train_segment(space, cfg, segments, lineage, start, done: int, until: int, 
                    gpus: float, cpus: float, storage: str):
     """Train epochs done+1..until from `start`; report them to Tune with a checkpoint; return
     (the Train checkpoint, the lineage of its state)."""
-    import dataclasses
     import tempfile
 
     import ray.tune
 
-    from adr_scale.config import validate
+    from adr_scale.config import with_values
     from adr_scale.ray_adapter import make_trainer
-    from adr_scale.schedules import format_segments
 
-    cfg = validate(dataclasses.replace(cfg, adr=dataclasses.replace(
-        cfg.adr, segments=format_segments([tuple(s) for s in segments]))))
+    cfg = with_values(cfg, {"adr.segments": segments})  # [[fraction, tau0, tau1, l0, l1], ...]
     trial_id = ray.tune.get_context().get_trial_id()
     name = _segment_run_name(space, trial_id, done, lineage, cfg)
     result = make_trainer(
@@ -162,12 +161,11 @@ def run_confirm_trial(config: dict[str, Any], *, space: SearchSpace,
     Train; TuneReportCallback forwards its epochs to Tune; its end is recorded in storage."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from adr_scale.config import apply_overrides
     from adr_scale.ray_adapter import make_trainer
     from adr_scale.search.confirm import run_name
 
     name, seed = config["run"]
-    cfg = apply_overrides(space.long_run_config(candidates[name]), [f"seed={seed}"])
+    cfg = space.long_run_config(candidates[name], seed=seed)
     run = run_name(space, name, seed)
     make_trainer({"config": to_dict(cfg)}, name=run, storage=storage,
                  workers=workers, gpus=gpus, cpus=cpus, max_failures=IN_TRIAL_RESTARTS,

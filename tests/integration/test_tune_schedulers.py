@@ -51,10 +51,7 @@ def test_pbt_exploits_and_best_yaml_replays_the_winners_schedule(tmp_path):
     better one's checkpoint. (Asynchronously, each report is ranked against the other trial's last
     one; on a rising curve the trial reporting later, an epoch ahead, can win every comparison,
     and a trial that finishes drops out of the ranking: CI saw a 3-epoch run with no exploit.)"""
-    import dataclasses
-
-    from adr_scale.config import validate
-    from adr_scale.schedules import format_segments
+    from adr_scale.config import Segment, with_values
 
     raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     raw |= {"name": "smoke-pbt", "budget": {"epochs": 3}, "num_samples": 2, "max_concurrent": 2,
@@ -87,16 +84,14 @@ def test_pbt_exploits_and_best_yaml_replays_the_winners_schedule(tmp_path):
     base = load_yaml(out / "best.yaml")
     for seg, rows in trials.values():
         assert [r["epoch"] for r in rows] == [1, 2, 3]
-        adr = dataclasses.replace(base.adr, segments=format_segments(
-            [tuple(s) for s in seg["segments"]]))
-        validate(dataclasses.replace(base, adr=adr))
+        adr = with_values(base, {"adr.segments": seg["segments"]}).adr  # validated
         _assert_replays(adr, rows, rows[-1]["step"])
     # best.yaml (the winner's config at full length) replays the winner's tau / lambda step by step.
     winner = (out / "best.yaml").read_text().split("trial ", 1)[1].split(",")[0]
     assert winner in trials
     seg, rows = trials[winner]
-    assert base.adr.segments.startswith("0:")
-    assert base.adr.segments == format_segments([tuple(s) for s in seg["segments"]])
+    assert base.adr.segments[0].start == 0.0
+    assert base.adr.segments == tuple(Segment(*s) for s in seg["segments"])  # every digit
     _assert_replays(base.adr, rows, rows[-1]["step"])
     assert "PBT population" in (out / "report.md").read_text()
     rc = train_main(["--config", str(out / "best.yaml"), "--workers", "0", "--no-progress",

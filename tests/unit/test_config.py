@@ -104,3 +104,80 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     cfg = load_yaml(path)
     assert cfg.adr.enabled and cfg.adr.tau_end == 1.0
     assert cfg.train.epochs == RunConfig().train.epochs
+
+
+def test_choice_fields_are_literals_and_their_tuples_come_from_them():
+    import dataclasses
+    import typing
+
+    from adr_scale.config import COMPILE_BACKENDS, METHODS, PRECISIONS, SCHEDULES, TRADES_ATTACKS
+    from adr_scale.config.schema import OptimConfig, TrainConfig
+
+    train, optim = typing.get_type_hints(TrainConfig), typing.get_type_hints(OptimConfig)
+    assert typing.get_args(train["method"]) == METHODS == ("at", "standard", "trades")
+    assert typing.get_args(train["precision"]) == PRECISIONS
+    assert typing.get_args(train["compile_backend"]) == COMPILE_BACKENDS
+    assert typing.get_args(train["trades_attack"]) == TRADES_ATTACKS
+    assert typing.get_args(optim["schedule"]) == SCHEDULES
+    # a choice set in Python (a preset's edit) is checked by validate, from the same Literal
+    cfg = get_preset("smoke")
+    cfg.train = dataclasses.replace(cfg.train, precision="fp16")
+    with pytest.raises(ConfigError, match=r"^train.precision: invalid value 'fp16'; allowed: "
+                                          r"bf16, fp32$"):
+        from adr_scale.config import validate
+
+        validate(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.method=5", r"^train.method: invalid value 5; allowed: at, standard, trades$"),
+    ("data.tar_reader=tarfile", r"^data.tar_reader: invalid value 'tarfile'; allowed: fast, "
+                                r"webdataset$"),
+    ("train.checkpoint_upload=later", r"^train.checkpoint_upload: invalid value 'later'; "
+                                      r"allowed: async, sync$"),
+])
+def test_bad_choices_are_one_line_naming_field_value_and_allowed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(get_preset("smoke"), [override])
+
+
+def test_with_values_sets_typed_values_and_validates_once():
+    from adr_scale.config import with_values
+
+    base = get_preset("smoke")
+    cfg = with_values(base, {"adr.tau_start": 3, "adr.tau_end": 2.3, "train.max_steps": None,
+                             "data.mean": (0.5,), "data.std": [0.25], "seed": 4})
+    assert cfg.adr.tau_start == 3.0 and isinstance(cfg.adr.tau_start, float)  # int -> float
+    assert (cfg.adr.tau_end, cfg.train.max_steps, cfg.data.mean, cfg.seed) == (2.3, None, [0.5], 4)
+    assert base.adr.tau_start == 2.5 and base.data.mean is None  # a new config; base unchanged
+    for values, message in [
+        ({"adr.tau_start": "2.3"}, r"^adr.tau_start: invalid value '2.3'; allowed: a number$"),
+        ({"optim.lr": "1e-3"}, r"^optim.lr: invalid value '1e-3'; allowed: a number$"),
+        ({"train.epochs": True}, r"^train.epochs: invalid value True; allowed: an integer$"),
+        ({"train.method": "mart"}, r"^train.method: invalid value 'mart'; allowed: at, "),
+        ({"adr.temperature": 1.0}, r"^values: unknown key 'adr.temperature'; allowed in adr: "),
+        ({"adr.tau_end": 9.0}, r"^adr.tau_end: 9.0 is above adr.tau_start"),  # validated
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            with_values(base, values)
+
+
+def test_the_generic_dataclass_reader_names_file_key_and_allowed_keys():
+    from adr_scale.config.io import dataclass_from_dict
+
+    base = get_preset("smoke")
+    cfg = dataclass_from_dict(RunConfig, {"adr": {"tau_end": 1}, "seed": 3}, source="c.yaml",
+                              base=base)
+    assert (cfg.adr.tau_end, cfg.seed, cfg.adr.tau_start) == (1.0, 3, base.adr.tau_start)
+    assert cfg.train is not base.train and cfg.train == base.train  # copied, not shared
+    assert dataclass_from_dict(RunConfig, {}, source="c.yaml") == RunConfig()
+    for raw, message in [
+        ({"adr": {"tau": 1}}, r"^c.yaml: unknown key 'adr.tau'; allowed in adr: ema_decay, "),
+        ({"optimizer": {}}, r"^c.yaml: unknown key 'optimizer'; allowed: adr, attack, awp, "),
+        ({"adr": 3}, r"^c.yaml: adr: expected a mapping, got 3$"),
+        ({"train": {"epochs": "ten"}}, r"^c.yaml: train.epochs: invalid value 'ten'; allowed: "
+                                       r"an integer$"),
+        ([1, 2], r"^c.yaml: expected a mapping at the top level, got list$"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            dataclass_from_dict(RunConfig, raw, source="c.yaml")

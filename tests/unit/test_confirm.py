@@ -89,11 +89,12 @@ def test_confirm_block_is_validated_in_one_line():
 
     raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
     space = parse_space(raw | {"confirm": {"top_k": 1, "seeds": 2, "max_concurrent": 4}})
-    assert (space.confirm_top_k, space.confirm_seeds, space.confirm_concurrent) == (1, 2, 4)
-    assert parse_space(raw).confirm_concurrent is None  # the search's max_concurrent
+    assert (space.confirm.top_k, space.confirm.seeds, space.confirm.max_concurrent) == (1, 2, 4)
+    assert parse_space(raw).confirm.max_concurrent is None  # the search's max_concurrent
     for bad, message in (({"top_k": -1}, "confirm.top_k: invalid value -1"),
                          ({"seeds": 0}, "confirm.seeds: invalid value 0"),
-                         ({"repeats": 2}, "confirm: expected")):
+                         ({"repeats": 2}, "unknown key 'confirm.repeats'; allowed in confirm: "
+                                          "alpha, max_concurrent, min_seeds, mode, seeds, top_k")):
         with pytest.raises(ConfigError, match=message) as exc:
             parse_space(raw | {"confirm": bad})
         assert "\n" not in str(exc.value)

@@ -29,14 +29,16 @@ def test_preset_is_smoke_made_to_overfit():
 
 def test_space_loads_with_confirmation_and_full_length_long_run():
     space = load_space(SPACE)
-    assert space.base == "digits_overfit" and space.epochs < get_preset("digits_overfit").train.epochs
-    assert (space.confirm_top_k, space.confirm_seeds) == (3, 3)
+    assert space.base == "digits_overfit"
+    assert space.budget.epochs < get_preset("digits_overfit").train.epochs
+    assert (space.confirm.top_k, space.confirm.seeds) == (3, 3)
     long = space.long_run_config(space.warm_start_params())
     assert long.train.epochs == 60 and long.data.train_size == 300
     assert (long.adr.tau_start, long.adr.tau_end, long.adr.lambda_start, long.adr.lambda_end) == (
         pytest.approx((2.5, 2.0, 0.7, 0.95)))
     at = space.trial_config(space.reference_points()["AT"])
-    assert (at.adr.lambda_start, at.adr.lambda_end) == (0.0, 0.0) and at.train.epochs == space.epochs
+    assert (at.adr.lambda_start, at.adr.lambda_end) == (0.0, 0.0)
+    assert at.train.epochs == space.budget.epochs
 
 
 def test_train_size_keeps_a_seeded_subset_of_the_rest():

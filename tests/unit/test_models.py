@@ -207,7 +207,7 @@ def test_config_names_are_the_registries_and_a_registered_model_is_accepted():
     assert sorted(ARCHS) == list_models() and sorted(DATASETS) == sorted(DATASET_INFO)  # named only
     assert sorted(ACTIVATIONS) == sorted(_ACTIVATIONS)
 
-    from adr_scale.config import _ALLOWED
+    from adr_scale.config.schema import _ALLOWED
     from adr_scale.models.registry import _MODELS
 
     @register_model("test_only_linear")

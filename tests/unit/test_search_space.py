@@ -25,7 +25,7 @@ def test_bundled_spaces_parse_and_warm_start_is_the_paper_setting():
         cfg = space.trial_config(space.warm_start_params())
         assert (cfg.adr.tau_start, cfg.adr.tau_end) == pytest.approx((t0, t1))
         assert (cfg.adr.lambda_start, cfg.adr.lambda_end) == pytest.approx((l0, l1))
-        assert cfg.train.epochs == space.epochs and cfg.adr.enabled
+        assert cfg.train.epochs == space.budget.epochs and cfg.adr.enabled
         long = space.long_run_config(space.warm_start_params())
         assert long.train.epochs == (80 if name == "tinyimagenet200" else 15 if name == "smoke"
                                      else 200)
@@ -78,17 +78,19 @@ def test_real_optuna_samples_keep_the_ordering():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"sampler": {"type": "cmaes"}}, r"sampler.type: unknown sampler"),
-    ({"scheduler": {"type": "hyperband"}}, r"scheduler.type: unknown scheduler"),
+    ({"sampler": {"type": "cmaes"}}, r"sampler.type: invalid value 'cmaes'; allowed: random, tpe"),
+    ({"scheduler": {"type": "hyperband"}},
+     r"scheduler.type: invalid value 'hyperband'; allowed: asha, halving, none, pbt"),
     ({"scheduler": {"type": "asha", "grace": 1}}, r"scheduler.grace: not a setting of the asha"),
-    ({"objective": "accuracy"}, r"objective: unknown objective 'accuracy'; allowed: pareto, robust"),
+    ({"objective": "accuracy"}, r"objective: invalid value 'accuracy'; allowed: pareto, robust"),
     ({"base": "nope"}, r"base: unknown preset 'nope'"),
     ({"params": None}, r"missing key 'params'"),
     ({"epochs": 3}, r"unknown key 'epochs'; allowed: base, budget"),
     ({"params": {"adr.tau_end": {"distribution": "normal", "low": 0, "high": 1}}},
-     r"params.adr.tau_end.distribution: unknown distribution 'normal'"),
+     r"params.adr.tau_end.distribution: invalid value 'normal'; allowed: categorical, int, "
+     r"loguniform, uniform"),
     ({"params": {"adr.tau_end": {"distribution": "uniform", "low": 3.0, "high": 1.0}}},
-     r"params.adr.tau_end: inverted bounds low=3.0 > high=1.0"),
+     r"params.adr.tau_end: inverted bounds low=3 > high=1"),
     ({"params": {"adr.temperature": {"distribution": "uniform", "low": 1, "high": 2}}},
      r"params.adr.temperature: 'adr.temperature' is not a config field"),
     ({"params": {"optim.lr": {"distribution": "loguniform", "low": 0, "high": 1}}},
@@ -105,7 +107,7 @@ def test_real_optuna_samples_keep_the_ordering():
     ({"scheduler": {"type": "halving", "grace_period": 4}},
      r"scheduler.grace_period: 4 leaves no rung below budget.epochs=4"),
     ({"scheduler": {"type": "pbt", "synch": "yes"}},
-     r"scheduler.synch: invalid value 'yes'; allowed: true, false"),
+     r"scheduler.synch: invalid value 'yes'; allowed: true or false"),
     ({"scheduler": {"type": "halving", "brackets": 3}},
      r"scheduler.brackets: not a setting of the halving scheduler; allowed: grace_period, "
      r"reduction_factor, type"),
@@ -128,10 +130,10 @@ def test_yaml_syntax_and_missing_file(tmp_path):
 def test_pbt_ranks_asynchronously_unless_synch_is_set():
     from adr_scale.search.driver import _scheduler
 
-    assert parse_space(_with(scheduler={"type": "pbt"})).synch is False  # Tune's default
+    assert parse_space(_with(scheduler={"type": "pbt"})).scheduler.synch is False  # Tune's default
     space = parse_space(_with(scheduler={"type": "pbt", "synch": True, "quantile_fraction": 0.5}))
     pbt = _scheduler(space)
-    assert (space.synch, pbt._synch, pbt._quantile_fraction) == (True, True, 0.5)
+    assert (space.scheduler.synch, pbt._synch, pbt._quantile_fraction) == (True, True, 0.5)
 
 
 def test_a_trials_train_run_stops_at_the_rungs_under_halving_only():
@@ -148,11 +150,12 @@ def test_a_trials_train_run_stops_at_the_rungs_under_halving_only():
 
 
 def test_successive_halving_parses_and_costs_what_its_rungs_say():
-    from adr_scale.search.space import halving_cost, rung_milestones
+    from adr_scale.search.rungs import halving_cost, rung_milestones
 
     space = parse_space(_with(scheduler={"type": "halving", "grace_period": 1,
                                          "reduction_factor": 3}, budget={"epochs": 9}))
-    assert (space.scheduler, space.grace_period, space.reduction_factor) == ("halving", 1, 3)
+    sched = space.scheduler
+    assert (sched.type, sched.grace_period, sched.reduction_factor) == ("halving", 1, 3)
     assert rung_milestones(9, 1, 3) == [1, 3] and rung_milestones(27, 1, 3) == [1, 3, 9]
     assert rung_milestones(16, 1, 4) == [1, 4] and rung_milestones(4, 2, 2) == [2]
     # 27 trials: 27 x 1 epoch, 9 to epoch 3 (+2 each), 3 to epoch 9 (+6 each) = 63 of 243
@@ -205,3 +208,76 @@ def test_a_small_search_starts_from_sobol_points_seeded_per_dataset():
         study.enqueue_trial(p)
     study.optimize(lambda t: DefineByRun(space)(t) or 0.0, n_trials=4)
     assert [t.params for t in study.trials] == sobol
+
+
+def test_a_trials_config_is_built_from_typed_values_and_validated_once(monkeypatch):
+    """The sampled values are set as floats (no YAML text round trip), and each config built is
+    validated once (the preset, fixed, fidelity and sampled values used to take four)."""
+    import adr_scale.config.io as config_io
+    import adr_scale.config.presets as presets
+    from adr_scale.config.schema import validate
+
+    calls = []
+
+    def counting(cfg):
+        calls.append(cfg)
+        return validate(cfg)
+
+    monkeypatch.setattr(config_io, "validate", counting)
+    monkeypatch.setattr(presets, "validate", counting)
+    space = load_space("search_spaces/smoke.yaml")
+    params = {"adr.tau_end": 1.2345678901234567, "adr.tau_start - adr.tau_end": 0.1,
+              "adr.lambda_start": 0.3, "adr.lambda_end - adr.lambda_start": 0.2}
+    calls.clear()
+    cfg = space.trial_config(params)
+    assert len(calls) == 1
+    assert cfg.adr.tau_end == 1.2345678901234567  # every digit: never printed and parsed back
+    assert (cfg.train.epochs, cfg.train.batch_size) == (space.budget.epochs, 8)  # fidelity, fixed
+    calls.clear()
+    long = space.long_run_config(params, seed=5)
+    assert len(calls) == 1 and (long.seed, long.train.epochs) == (5, 15)
+
+
+def test_fixed_values_are_typed_when_the_space_is_read():
+    raw = _with(fixed={"optim.lr": "1e-3", "train.batch_size": 16, "optim.warmup_epochs": 0})
+    space = parse_space(raw)
+    assert space.fixed == {"optim.lr": 0.001, "train.batch_size": 16, "optim.warmup_epochs": 0.0}
+    with pytest.raises(ConfigError, match=r"^bad.yaml: fixed: train.batch_size: invalid value "
+                                          r"'many'; allowed: an integer$"):
+        parse_space(_with(fixed={"train.batch_size": "many"}), source="bad.yaml")
+
+
+def test_a_choice_field_is_searched_by_categorical_only():
+    params = {"train.method": {"distribution": "uniform", "low": 0, "high": 1}}
+    with pytest.raises(ConfigError, match=r"params.train.method.distribution: 'uniform' samples "
+                                          r"non-integers for the str field train.method; allowed: "
+                                          r"categorical$"):
+        parse_space(_with(params=SMOKE["params"] | params, warm_start=None), source="bad.yaml")
+
+
+def test_the_space_is_read_by_the_run_configs_path_into_nested_records():
+    from adr_scale.search.space import Budget, ConfirmSpec, SamplerSpec, SchedulerSpec
+
+    space = parse_space(_with(scheduler="halving", sampler={"type": "random", "seed": 3},
+                              budget={"epochs": 6}, confirm={"mode": "grid"}, fixed=None))
+    assert space.scheduler == SchedulerSpec(type="halving")  # the commented defaults
+    assert space.sampler == SamplerSpec(type="random", seed=3) and space.budget == Budget(epochs=6)
+    assert space.confirm == ConfirmSpec(mode="grid", seeds=3, min_seeds=2)  # grid: 3 seeds
+    assert space.fixed == {}  # an empty block: its defaults
+    for changes, message in [
+        ({"budget": {"epochs": 3, "min": 1}}, r"^bad.yaml: unknown key 'budget.min'; allowed in "
+                                              r"budget: epochs$"),
+        ({"pbt": {"interval": 2}}, r"^bad.yaml: unknown key 'pbt'; allowed: base, budget, "
+                                   r"confirm, fixed, long_run, max_concurrent, name, note, "
+                                   r"num_samples, objective, params, references, sampler, "
+                                   r"scheduler, search, warm_start$"),
+        ({"budget": 3}, r"^bad.yaml: budget: expected a mapping, got 3$"),
+        ({"num_samples": "8"}, r"^bad.yaml: num_samples: invalid value '8'; allowed: an integer$"),
+        ({"params": {"adr.tau_end": {"low": 1, "high": 2}}},
+         r"^bad.yaml: missing key 'params.adr.tau_end.distribution'$"),
+        ({"params": {"adr.tau_end": {"distribution": "uniform", "low": 1, "high": 2, "by": 1}}},
+         r"^bad.yaml: unknown key 'params.adr.tau_end.by'; allowed in params.adr.tau_end: above, "
+         r"choices, distribution, high, low, step$"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_space(_with(**changes), source="bad.yaml")

@@ -76,6 +76,26 @@ def test_a_resumed_search_refuses_a_changed_budget_and_accepts_a_new_confirm_blo
                     "resume: confirm_top_k changed from 3 to 2; applied"]
 
 
+def test_space_json_written_before_the_nested_records_still_resumes(tmp_path, capsys):
+    """tests/assets/space_records.json holds the records the flat SearchSpace wrote (every bundled
+    space, and variants with PBT, halving, a grid confirmation and a note): the nested space gives
+    the same keys and values, so their output directories resume."""
+    from adr_scale.search.driver import _check_same_space
+    from adr_scale.search.space import load_space
+
+    written = json.loads(open("tests/assets/space_records.json").read())
+    for name, saved in written.items():
+        if "record" in saved:  # a variant: the space it was parsed from, then its record
+            space, saved, num = parse_space(saved["space"], source=name), saved["record"], 5
+        else:
+            space, num = load_space(name), 7
+        assert _space_record(space, num) == saved, name
+        path = tmp_path / "space.json"
+        path.write_text(json.dumps(saved))
+        _check_same_space(path, _space_record(space, num))
+    assert capsys.readouterr().out == ""  # nothing changed
+
+
 def test_trial_labels_say_who_stopped_a_trial(space):
     none = parse_space(yaml.safe_load(open("tests/assets/ci_space.yaml"))
                        | {"scheduler": {"type": "none"}})

@@ -66,11 +66,10 @@ from adr_scale.config.schema import (
 __all__ = [
     "ACTIVATIONS", "ARCHS", "COMPILE_BACKENDS", "DATASETS", "GENERIC_DATASETS", "METHODS",
     "OFFICIAL_CODE", "PAPER_TEXT", "PRECISIONS", "PRESETS", "RECIPES", "SCHEDULES", "SOURCES",
-    "TRADES_ATTACKS", "ADRConfig", "AWPConfig", "AttackConfig", "ConfigError", "DataConfig",
-    "ModelConfig", "OptimConfig", "RunConfig", "Segment", "TrainConfig", "allow_name", "allowed_names",
-    "apply_overrides", "attack_line", "ddpm_base", "describe_preset", "ddpm_paper_text", "dump_yaml",
-    "format_segments", "from_dict",
-    "get_preset", "gin_file", "load_yaml", "paper_base", "paper_overrides", "paper_text",
-    "parse_override", "parse_segments", "parse_value", "preset", "read_yaml_file", "svhn_base", "to_dict", "validate",
-    "with_values",
+    "TRADES_ATTACKS", "ADRConfig", "allow_name", "allowed_names", "apply_overrides", "attack_line",
+    "AttackConfig", "AWPConfig", "ConfigError", "DataConfig", "ddpm_base", "ddpm_paper_text",
+    "describe_preset", "dump_yaml", "format_segments", "from_dict", "get_preset", "gin_file",
+    "load_yaml", "ModelConfig", "OptimConfig", "paper_base", "paper_overrides", "paper_text",
+    "parse_override", "parse_segments", "parse_value", "preset", "read_yaml_file", "RunConfig",
+    "Segment", "svhn_base", "to_dict", "TrainConfig", "validate", "with_values",
 ]

@@ -36,7 +36,7 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -134,7 +134,7 @@ def dataclass_from_dict(cls: type[T], raw: Any, *, source: str, where: str = "",
         got = f"{where}: expected a mapping, got {raw!r}" if where else (
             f"expected a mapping at the top level, got {type(raw).__name__}")
         raise ConfigError(f"{source}: {got}")
-    hints = _field_types(cls)
+    hints = field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in extra}
     values: dict[str, Any] = {}
     for key, value in raw.items():
@@ -233,7 +233,7 @@ def attack_line(cfg: RunConfig) -> str:
 
 def _annotation(dotted: str, source: str) -> Any:
     """The declared type of a dotted field ('adr.tau_start', 'seed'); an unknown one is one line."""
-    top = _field_types(RunConfig)
+    top = field_types(RunConfig)
     if dotted == "seed":
         return top["seed"]
     section, _, key = dotted.partition(".")
@@ -242,7 +242,7 @@ def _annotation(dotted: str, source: str) -> Any:
                           "adr.tau_start=1.5")
     if section not in top:
         raise ConfigError(f"{source}: unknown key {section!r}; allowed: " + ", ".join(sorted(top)))
-    hints = _field_types(top[section])
+    hints = field_types(top[section])
     if key not in hints:
         raise ConfigError(f"{source}: unknown key {dotted!r}; allowed in {section}: "
                           + ", ".join(sorted(hints)))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from adr_scale.config import ConfigError, RunConfig, parse_value
-from adr_scale.config.io import _field_types, dataclass_from_dict
+from adr_scale.config.io import dataclass_from_dict, field_types
 
 Distribution = Literal["categorical", "int", "loguniform", "uniform"]
 DISTRIBUTIONS = typing.get_args(Distribution)
@@ -44,10 +44,10 @@ def _fail(source: str, message: str) -> None:
 
 def is_config_field(dotted: str) -> bool:
     section, _, key = dotted.partition(".")
-    hints = _field_types(RunConfig)
+    hints = field_types(RunConfig)
     if section not in hints or not key:
         return False
-    return key in _field_types(hints[section])
+    return key in field_types(hints[section])
 
 
 def parse_params(source: str, raw: Any) -> tuple[Param, ...]:
@@ -101,7 +101,7 @@ def _check_types(source: str, params: tuple[Param, ...]) -> None:
     """A float distribution on an int field samples 2.37 epochs: fails in a trial, not here."""
     for p in params:
         section, _, key = p.field.partition(".")
-        hint = _field_types(_field_types(RunConfig)[section])[key]
+        hint = field_types(field_types(RunConfig)[section])[key]
         kind = str if typing.get_origin(hint) is Literal else next(
             (t for t in (bool, int, float, str) if t is hint or t in typing.get_args(hint)), None)
         allowed = {bool: ("categorical",), str: ("categorical",),

@@ -52,3 +52,36 @@ def one_line(exc, *parts: str) -> str:
     for part in parts:
         assert part in msg, (part, msg)
     return msg
+
+
+# -- two workers: pytest-xdist, `-n 2 --dist loadscope` in pyproject.toml ----------------------
+# On the 2-core CI box much of an integration test runs on one core (one trial or run at a
+# time, Ray starting up, a driver waiting for a stop to land) and the unit tier is single
+# threaded, so a second worker fills the other core. A module is one unit of work (its module
+# fixtures are set up once, on one worker) and units are handed out in collection order
+# (`--no-loadscope-reorder`), so the slowest modules go first: longest first balances the two
+# workers. Idle seconds from the fresh-clone CI of b252d39 (README "Tests"), where known.
+# (`--dist loadgroup` could split a module across the workers, but with pytest 9.2 xdist 3.8
+# cannot add its group to a test's id and sends every test on its own, module fixtures and all.)
+SLOWEST_FIRST = (
+    "test_tune_schedulers.py",  # halving 89 + PBT 78
+    "test_tune_resume.py",  # two kill-and-resume searches 68 + 66, a second Ray beside another
+    "test_tune_interrupt.py",  # 151 + the ImageFolder search merged into it (57)
+    "test_tune_ray.py",  # 131
+    "test_train_signals.py",  # 53 + 48 + the in-process run and the reference
+    "test_train_ray.py",
+    "test_generate_ray.py",
+    "test_train_cli.py",  # 53
+    "test_checkpointing.py",
+    "test_reliability_processes.py",
+)
+
+
+def _rank(item) -> int:
+    name = item.path.name
+    return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+
+def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):  # an xdist worker: slowest modules first
+        items.sort(key=_rank)  # stable: the rest keeps its order, integration before unit

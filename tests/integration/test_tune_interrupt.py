@@ -1,12 +1,20 @@
-"""Stop means stop, resume means resume: real signals to a real search on a local Ray.
+"""Stop means stop, resume means resume: real signals to a real search on a local Ray, on a
+user's own images named only on the command line.
 
-One search (scheduler none, 4 trials of 1 epoch, then a confirmation of 3 schedules x 1 seed at 2
-epochs) is stopped three ways in a row: SIGINT to its process group (Ctrl-C) during the search
-phase, SIGTERM to the driver during the confirmation, then run to its end. Each stop must exit
-130 / 143 with one line, start no confirmation after an interrupted search, write no best.yaml
-that claims a confirmation, never print nan or an empty seed list; the last run must finish with
-a confirmed winner and real numbers."""
+One search (scheduler none, 3 trials of 1 epoch, then a confirmation of 3 schedules x 1 seed at 2
+epochs) on an ImageFolder of the bundled digits written as PNGs, pointed at with `--set` (the
+space names no dataset), is stopped three ways in a row: SIGINT to its process group (Ctrl-C)
+during the search phase, SIGTERM to the driver during the confirmation, then run to its end.
+Each stop must exit 130 / 143 with one line, start no confirmation after an interrupted search,
+write no best.yaml that claims a confirmation, never print nan or an empty seed list; the last
+run must finish with a confirmed winner and real numbers. The winner is then trained and
+evaluated on the folder's own test split.
 
+The module fixture runs the search once (each stage's outcome is recorded) and the tests check
+it: the three stops and the user's own data used to be two searches, each paying for its own
+Ray starts and trials."""
+
+import json
 import os
 import signal
 import subprocess
@@ -17,15 +25,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+from adr_scale.config import load_yaml
+from tests.conftest import write_digit_pngs
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow,
+              pytest.mark.timeout(1500)]  # the first test sets up the whole search
+
+TRIALS = 3  # the 2 references and one searched point: the fewest a search with references runs
 
 
 def _space(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
-    raw |= {"budget": {"epochs": 1}, "num_samples": 4, "max_concurrent": 2, "scheduler": {"type": "none"},
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))  # the space names no dataset
+    raw |= {"budget": {"epochs": 1}, "num_samples": TRIALS, "max_concurrent": 2,
+            "scheduler": {"type": "none"},
             "confirm": {"mode": "grid", "top_k": 1, "seeds": 1, "max_concurrent": 2},
             "long_run": {"train.epochs": 2}}
-    raw["fixed"]["attack.eval_steps"] = 3
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -53,19 +67,35 @@ def _checkpoints(storage: Path, prefix: str) -> list[Path]:
     return [p for p in storage.glob(f"{prefix}*/epoch-*") if p.is_dir()]
 
 
-def _no_false_claim(out: Path, text: str) -> None:
+def _outputs(out: Path) -> dict[str, str | None]:
+    """report.md and best.yaml as a stage left them (None: not written)."""
+    return {name: (out / name).read_text() if (out / name).exists() else None
+            for name in ("report.md", "best.yaml")}
+
+
+def _no_false_claim(stage: dict) -> None:
+    text = stage["text"]
     assert "nan" not in text and "seeds []" not in text, text[-3000:]
-    for name in ("report.md", "best.yaml"):
-        if (out / name).exists():
-            body = (out / name).read_text()
+    for body in stage["outputs"].values():
+        if body is not None:
             assert "nan %" not in body and "seeds []" not in body, body[:2000]
 
 
-@pytest.mark.timeout(1500)
-def test_a_stopped_search_claims_nothing_and_the_same_command_finishes_it(tmp_path):
+@pytest.fixture(scope="module")
+def stopped_search(tmp_path_factory):
+    """The search stopped by SIGINT, then by SIGTERM, then run to its end with the same command:
+    {stage: exit status, output and what it left}, and the paths."""
+    tmp_path = tmp_path_factory.mktemp("stopped")
+    data = tmp_path / "digits"
+    write_digit_pngs(data)
     out, space = tmp_path / "search", _space(tmp_path)
     storage = out / "ray"
+    sets = ["data.dataset=imagefolder", f"data.root={data}", "data.channels=1",
+            "data.val_size=50", "attack.eval_steps=2"]
     cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(space), "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    stages = {"tmp": tmp_path, "data": data, "out": out}
 
     # 1. Ctrl-C (SIGINT to the process group) once the first search trial has a checkpoint
     log1 = tmp_path / "first.log"
@@ -73,16 +103,8 @@ def test_a_stopped_search_claims_nothing_and_the_same_command_finishes_it(tmp_pa
     _wait_for(first, lambda: _checkpoints(storage, "smoke-"), "search checkpoint", log1)
     os.killpg(first.pid, signal.SIGINT)
     code = first.wait(timeout=180)
-    text = log1.read_text()
-    assert code == 130, text[-3000:]
-    line = [x for x in text.splitlines() if x.startswith("interrupted (SIGINT): ")]
-    assert len(line) == 1 and line[0].endswith(
-        "search trials finished, no confirmation started; rerun the same command to resume"), text
-    done = int(line[0].split(": ")[1].split(" of ")[0])
-    assert 0 <= done < 4 and " of 4 " in line[0]
-    assert "confirming" not in text and not list(storage.glob("smoke-confirm*"))
-    assert not (out / "best.yaml").exists() and not (out / "report.md").exists()
-    _no_false_claim(out, text)
+    stages["sigint"] = {"code": code, "text": log1.read_text(), "outputs": _outputs(out),
+                        "confirm_dirs": list(storage.glob("smoke-confirm*"))}
 
     # 2. SIGTERM to the driver once the first confirmation run has a checkpoint
     log2 = tmp_path / "second.log"
@@ -91,28 +113,87 @@ def test_a_stopped_search_claims_nothing_and_the_same_command_finishes_it(tmp_pa
               log2, limit_s=600)
     second.send_signal(signal.SIGTERM)
     code = second.wait(timeout=180)
-    text = log2.read_text()
-    assert code == 143, text[-3000:]
-    assert "resuming the search in" in text and "confirming 3 schedules" in text
-    line = [x for x in text.splitlines() if x.startswith("interrupted (SIGTERM): ")]
-    assert len(line) == 1 and "of confirmation round 1 finished, no winner written" in line[0], text
-    assert "confirmed winner" not in text
-    best = (out / "best.yaml").read_text()  # the search's best trial, not called confirmed
-    assert best.startswith("# Best schedule of search") and "Confirmed" not in best
-    report = (out / "report.md").read_text()
-    assert "4 trials (4 completed)" in report and "## Confirmation at full length" not in report
-    _no_false_claim(out, text)
+    stages["sigterm"] = {"code": code, "text": log2.read_text(), "outputs": _outputs(out)}
 
     # 3. the same command finishes: the finished runs are reused, the winner is confirmed
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                            env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    text = third.stdout + third.stderr
-    assert third.returncode == 0, text[-3000:]
+    stages["end"] = {"code": third.returncode, "stdout": third.stdout,
+                     "text": third.stdout + third.stderr, "outputs": _outputs(out)}
+    return stages
+
+
+def test_ctrl_c_in_the_search_starts_no_confirmation_and_claims_nothing(stopped_search):
+    stage = stopped_search["sigint"]
+    text = stage["text"]
+    assert stage["code"] == 130, text[-3000:]
+    line = [x for x in text.splitlines() if x.startswith("interrupted (SIGINT): ")]
+    assert len(line) == 1 and line[0].endswith(
+        "search trials finished, no confirmation started; rerun the same command to resume"), text
+    done = int(line[0].split(": ")[1].split(" of ")[0])
+    assert 0 <= done < TRIALS and f" of {TRIALS} " in line[0]
+    assert "confirming" not in text and not stage["confirm_dirs"]
+    assert stage["outputs"] == {"report.md": None, "best.yaml": None}
+    _no_false_claim(stage)
+
+
+def test_sigterm_in_the_confirmation_writes_no_winner(stopped_search):
+    stage = stopped_search["sigterm"]
+    text = stage["text"]
+    assert stage["code"] == 143, text[-3000:]
+    assert "resuming the search in" in text and "confirming 3 schedules" in text
+    line = [x for x in text.splitlines() if x.startswith("interrupted (SIGTERM): ")]
+    assert len(line) == 1 and "of confirmation round 1 finished, no winner written" in line[0], text
+    assert "confirmed winner" not in text
+    best = stage["outputs"]["best.yaml"]  # the search's best trial, not called confirmed
+    assert best.startswith("# Best schedule of search") and "Confirmed" not in best
+    report = stage["outputs"]["report.md"]
+    assert f"{TRIALS} trials ({TRIALS} completed)" in report
+    assert "## Confirmation at full length" not in report
+    _no_false_claim(stage)
+
+
+def test_the_same_command_finishes_the_stopped_search_with_a_confirmed_winner(stopped_search):
+    stage = stopped_search["end"]
+    text = stage["text"]
+    assert stage["code"] == 0, text[-3000:]
     assert "confirming 3 schedules" in text
-    assert [x for x in third.stdout.splitlines()[-3:] if x.startswith("confirmed winner: ")]
-    rows = [x for x in third.stdout.splitlines() if x.startswith("  full length ")]
+    assert [x for x in stage["stdout"].splitlines()[-3:] if x.startswith("confirmed winner: ")]
+    rows = [x for x in stage["stdout"].splitlines() if x.startswith("  full length ")]
     assert len(rows) == 3 and all("(seeds [0])" in r for r in rows), rows
-    best = (out / "best.yaml").read_text()
-    assert best.startswith("# Confirmed winner of search 'smoke'")
-    assert "## Confirmation at full length" in (out / "report.md").read_text()
-    _no_false_claim(out, text)
+    assert stage["outputs"]["best.yaml"].startswith("# Confirmed winner of search 'smoke'")
+    assert "## Confirmation at full length" in stage["outputs"]["report.md"]
+    _no_false_claim(stage)
+
+
+def test_a_search_on_an_imagefolder_set_from_the_command_line_and_its_evaluation(stopped_search):
+    """The --set fields reach every stage and the winner's config; the winner then trains on the
+    folder and is evaluated on its own test split."""
+    tmp_path, data, out = (stopped_search[k] for k in ("tmp", "data", "out"))
+    for name in ("sigint", "sigterm", "end"):  # the attack line of every start names the data
+        text = stopped_search[name]["text"]
+        assert "attack: Linf eps 16/255 (0.06275)" in text and "on imagefolder" in text, name
+    best = load_yaml(out / "best.yaml")  # the --set fields reach the winner's config
+    assert (best.data.dataset, best.data.root, best.data.channels) == ("imagefolder", str(data), 1)
+    report = (out / "report.md").read_text()
+    assert f"{TRIALS} trials ({TRIALS} completed)" in report and "scrambled Sobol sequence" in report
+
+    run = tmp_path / "long"
+    trained = subprocess.run([sys.executable, "-m", "adr_scale.train", "--config",
+                              str(out / "best.yaml"), "--set", "train.epochs=10", "--workers",
+                              "0", "--out", str(run)],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["class_names"] == [str(d) for d in range(10)]
+    evaluated = subprocess.run([sys.executable, "-m", "adr_scale.evaluate", "--run", str(run),
+                                "--attacks", "clean,pgd2", "--eps", "16/255", "--no-progress"],
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, (evaluated.stdout + evaluated.stderr)[-3000:]
+    test = json.loads((run / "summary.json").read_text())["test"]
+    assert (test["dataset"], test["split"], test["n"]) == ("imagefolder", "test", 120)
+    accuracy = test["best"]["accuracy"]  # the folder's 120 test images, 10 classes
+    assert set(accuracy) == {"clean", "pgd2"} and accuracy["pgd2"] <= accuracy["clean"]
+    # well above chance (0.1), and near the validation split's: the same statistics and classes
+    val = summary["best_val_clean_acc"]
+    assert accuracy["clean"] > 0.3 and abs(accuracy["clean"] - val) < 0.25, (accuracy, val)

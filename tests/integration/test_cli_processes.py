@@ -55,5 +55,5 @@ def test_tune_cli_refuses_a_bad_space_before_starting_ray(tmp_path):
                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0 and "sampler.type: unknown sampler" in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "sampler.type: invalid value 'grid'; allowed: random, tpe" in res.stderr
     assert not (tmp_path / "out").exists()

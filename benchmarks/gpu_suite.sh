@@ -48,7 +48,7 @@ part() {  # part NAME SECONDS COMMAND...: log to $OUT/NAME.log, record rc and se
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/nvidia_smi.csv" 2>&1
 
-part pytest_gpu 120 python3 -m pytest -q -m gpu -p no:cacheprovider $(grep -l "mark.gpu" tests/unit/*.py tests/integration/*.py)
+part pytest_gpu 120 python3 -m pytest -q -n 0 -m gpu -p no:cacheprovider $(grep -l "mark.gpu" tests/unit/*.py tests/integration/*.py)
 part step_cost 90 python3 benchmarks/step_cost.py $DEV --json "$OUT/step_cost.json"
 part step_cost_bf16cl 60 python3 benchmarks/step_cost.py $DEV --precision bf16 --channels-last \
   --variants AT,AT+ADR --json "$OUT/step_cost_bf16cl.json"

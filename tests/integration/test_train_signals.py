@@ -4,7 +4,7 @@ more than it holds; the same command resumes from it, trains no epoch twice and 
 numbers of an uninterrupted run.
 
 Its own module: each CLI run starts its own Ray, so no other test's cluster may be alive meanwhile.
-The signal is sent once the run's second checkpoint exists, so it lands mid-run.
+A signal is sent once a run has two new checkpoints, so it lands mid-run.
 """
 
 import json
@@ -25,7 +25,8 @@ from adr_scale.run.files import RAY_SNAPSHOT_FILE, newest_complete
 
 pytestmark = [pytest.mark.slow]
 
-EPOCHS = 12  # the signal lands after epoch 2; a Ray run takes 6-14 s to stop, ~2 s an epoch here
+EPOCHS = 16  # signals land after epoch 2 and 2 epochs into the resume; a Ray run takes 6-14 s
+# to stop, ~2 s an epoch here
 OVERRIDES = [f"train.epochs={EPOCHS}", "train.device=cpu", "attack.eval_steps=2"]  # cheap validation
 TIMING = ("seconds", "samples_per_s")  # wall-clock fields of a row; the rest is reproducible
 LINE = re.compile(r"interrupted \((SIG\w+)\): the latest checkpoint, after epoch (\d+) of "
@@ -126,34 +127,50 @@ def test_in_process_run_stops_on_sigint_and_resumes_to_the_same_numbers(tmp_path
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=1e-5, atol=1e-6)
 
 
+def _stopped_ray_run(cmd, log, out, storage, trigger_epoch, signum):
+    """One Ray run of `cmd`, sent `signum` once checkpoint `trigger_epoch` is on disk: the epoch
+    its one line names, checked against the newest checkpoint on disk and the run directory."""
+    code, output, took = _run(cmd, log, storage / f"epoch-{trigger_epoch:04d}" / "manifest.json",
+                              signum)
+    assert code == 128 + signum, output[-3000:]
+    kept = _kept(output, signum)
+    assert trigger_epoch <= kept < EPOCHS and took < 60
+    newest_path, newest_rows = newest_complete(str(out / "ray"), "run")
+    assert newest_path.endswith(f"epoch-{kept:04d}")  # the line names the newest one on disk
+    assert _rows(out) == newest_rows  # the run directory caught up with it, and says no more
+    assert [r["epoch"] for r in newest_rows] == list(range(1, kept + 1))
+    return kept, output
+
+
+def _resumed_after(output) -> set[tuple[str, str]]:
+    return set(re.findall(r"resuming after epoch (\d+) \(step (\d+)\)", output))
+
+
 @pytest.mark.ray
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_ray_run_stops_on_a_signal_and_resumes_from_the_newest_checkpoint(tmp_path, signum,
-                                                                          reference):
-    """Ray Train records a checkpoint only when its controller takes the report, which queues
-    behind the upload: the run can stop with newer checkpoints on disk than recorded. The rerun
-    starts after the newest one on disk, and trains no epoch twice."""
+@pytest.mark.timeout(900)
+def test_ray_run_stops_on_sigint_then_sigterm_and_resumes_from_the_newest_checkpoint(tmp_path,
+                                                                                  reference):
+    """Stopped by SIGINT, resumed and stopped again by SIGTERM, then resumed to the end: one run,
+    so two stops cost three driver starts. Ray Train records a checkpoint only when its
+    controller takes the report, which queues behind the upload: a run can stop with newer
+    checkpoints on disk than recorded. Each rerun starts after the newest one on disk and trains
+    no epoch twice."""
     out = tmp_path / "run"
     storage = out / "ray" / "run"
     cmd = _cmd(out, "--workers", "1")
-    code, output, took = _run(cmd, tmp_path / "first.log", storage / "epoch-0002" /
-                              "manifest.json", signum)
-    assert code == 128 + signum, output[-3000:]
-    kept = _kept(output, signum)
-    assert 2 <= kept < EPOCHS and took < 60
-    newest_path, newest_rows = newest_complete(str(out / "ray"), "run")
-    assert newest_path.endswith(f"epoch-{kept:04d}")  # the line names the newest one on disk
+    kept, _ = _stopped_ray_run(cmd, tmp_path / "first.log", out, storage, 2, signal.SIGINT)
     before = _rows(out)
-    assert before == newest_rows  # the run directory caught up with it, and says no more
-    assert [r["epoch"] for r in before] == list(range(1, kept + 1))
+    again, output = _stopped_ray_run(cmd, tmp_path / "second.log", out, storage, kept + 2,
+                                     signal.SIGTERM)
+    assert _resumed_after(output) == {(str(kept), str(kept * 18))}  # Ray may echo a line twice
+    assert _rows(out)[:kept] == before  # carried over, not trained again (same wall clock)
+    before = _rows(out)
 
     code, output, _ = _run(cmd, tmp_path / "rerun.log")
     assert code == 0, output[-3000:]
-    assert set(re.findall(r"resuming after epoch (\d+) \(step (\d+)\)", output)) == {
-        (str(kept), str(kept * 18))}  # Ray may echo a worker's line twice
+    assert _resumed_after(output) == {(str(again), str(again * 18))}
     rows = _rows(out)
-    assert rows[:kept] == before  # carried over, not trained again (same wall-clock seconds)
+    assert rows[:again] == before
     _same_numbers(rows, _rows(reference))
     assert json.loads((out / "summary.json").read_text())["finished"] is True
     tracked = {r["checkpoint_dir_name"] for r in

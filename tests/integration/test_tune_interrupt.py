@@ -1,18 +1,19 @@
-"""Stop means stop, resume means resume: real signals to a real search on a local Ray, on a
-user's own images named only on the command line.
+"""The search end to end on a local Ray, stopped and resumed with real signals, on a user's own
+images named only on the command line.
 
-One search (scheduler none, 3 trials of 1 epoch, then a confirmation of 3 schedules x 1 seed at 2
-epochs) on an ImageFolder of the bundled digits written as PNGs, pointed at with `--set` (the
-space names no dataset), is stopped three ways in a row: SIGINT to its process group (Ctrl-C)
-during the search phase, SIGTERM to the driver during the confirmation, then run to its end.
-Each stop must exit 130 / 143 with one line, start no confirmation after an interrupted search,
-write no best.yaml that claims a confirmation, never print nan or an empty seed list; the last
-run must finish with a confirmed winner and real numbers. The winner is then trained and
+One search (ASHA, 3 trials of 2 epochs: the two references and one searched point; then the
+confirmation, a race of 3 schedules over 2 to 3 seeds at 1 full-length epoch) on an ImageFolder
+of the bundled digits written as PNGs, pointed at with `--set` (the space names no dataset), is
+stopped three ways in a row: SIGINT to its process group (Ctrl-C) during the search phase,
+SIGTERM to the driver during the confirmation, then run to its end. Each stop must exit 130 / 143
+with one line, start no confirmation after an interrupted search, write no best.yaml that claims
+a confirmation, never print nan or an empty seed list; the last run must finish with a confirmed
+winner, real numbers, and a best.yaml that is the race's winner. The winner is then trained and
 evaluated on the folder's own test split.
 
 The module fixture runs the search once (each stage's outcome is recorded) and the tests check
-it: the three stops and the user's own data used to be two searches, each paying for its own
-Ray starts and trials."""
+it: a search costs a dozen TorchTrainer.fit calls, each mostly Ray start-up, so the stops, the
+race, ASHA and the user's own data share one (they were three searches)."""
 
 import json
 import os
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -35,11 +37,13 @@ TRIALS = 3  # the 2 references and one searched point: the fewest a search with 
 
 
 def _space(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))  # the space names no dataset
-    raw |= {"budget": {"epochs": 1}, "num_samples": TRIALS, "max_concurrent": 2,
-            "scheduler": {"type": "none"},
-            "confirm": {"mode": "grid", "top_k": 1, "seeds": 1, "max_concurrent": 2},
-            "long_run": {"train.epochs": 2}}
+    raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))  # the space names no dataset; ASHA
+    # the warm start trains well, tiny learning rates do not: ASHA may cut the searched point
+    raw["params"]["optim.lr"] = {"distribution": "loguniform", "low": 1e-4, "high": 0.2}
+    raw["warm_start"]["optim.lr"] = 0.1
+    raw |= {"budget": {"epochs": 2}, "num_samples": TRIALS, "max_concurrent": 2,
+            "confirm": {"top_k": 1, "min_seeds": 2, "seeds": 3, "max_concurrent": 2},
+            "long_run": {"train.epochs": 1}}  # not the search fidelity (2)
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -148,7 +152,7 @@ def test_sigterm_in_the_confirmation_writes_no_winner(stopped_search):
     best = stage["outputs"]["best.yaml"]  # the search's best trial, not called confirmed
     assert best.startswith("# Best schedule of search") and "Confirmed" not in best
     report = stage["outputs"]["report.md"]
-    assert f"{TRIALS} trials ({TRIALS} completed)" in report
+    assert f"{TRIALS} trials (" in report
     assert "## Confirmation at full length" not in report
     _no_false_claim(stage)
 
@@ -160,10 +164,65 @@ def test_the_same_command_finishes_the_stopped_search_with_a_confirmed_winner(st
     assert "confirming 3 schedules" in text
     assert [x for x in stage["stdout"].splitlines()[-3:] if x.startswith("confirmed winner: ")]
     rows = [x for x in stage["stdout"].splitlines() if x.startswith("  full length ")]
-    assert len(rows) == 3 and all("(seeds [0])" in r for r in rows), rows
+    assert len(rows) == 3 and all("(seeds [0, 1])" in r or "(seeds [0, 1, 2])" in r
+                                  for r in rows), rows
     assert stage["outputs"]["best.yaml"].startswith("# Confirmed winner of search 'smoke'")
     assert "## Confirmation at full length" in stage["outputs"]["report.md"]
     _no_false_claim(stage)
+
+
+def test_asha_stops_only_searched_trials_and_labels_what_happened(stopped_search):
+    """References run to the budget; a trial ASHA cut is labelled so in the table and report."""
+    out = stopped_search["out"]
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    epochs: dict[str, int] = {}
+    for r in table:
+        epochs[r["trial_id"]] = max(epochs.get(r["trial_id"], 0), r["epoch"])
+    assert len(epochs) == TRIALS
+    stopped = [t for t, e in epochs.items() if e < 2]
+    # whether ASHA cuts the searched point depends on its score (the cut itself is tested
+    # in-process: test_neither_scheduler_stops_a_reference_trial); the references never
+    assert {r["reference"] for r in table if r["reference"]} == {"AT", "paper"}
+    assert all(epochs[r["trial_id"]] == 2 for r in table if r["reference"]), epochs
+    assert all(r["status"] == ("stopped early by ASHA" if r["trial_id"] in stopped else "completed")
+               for r in table)
+    report = (out / "report.md").read_text()
+    assert ("stopped early by ASHA" in report) == bool(stopped)  # labelled as what happened
+    assert (out / "optimization_history.png").exists()
+
+
+def test_the_race_trains_what_its_bookkeeping_names_and_best_yaml_is_its_winner(stopped_search):
+    """The race (top 1 + the paper's schedule + AT, 2 to 3 seeds): the seeds column is the runs
+    each candidate trained, and best.yaml holds the winner's schedule at the long-run length."""
+    out = stopped_search["out"]
+    report = (out / "report.md").read_text()
+    rows = [x for x in report.splitlines() if x.startswith(("| AT", "| paper", "| search-1"))]
+    assert len(rows) == 3 and sum("**(winner)**" in r for r in rows) == 1, rows
+    winner = next(r for r in rows if "**(winner)**" in r).split()[1]
+    assert all(" +- " in r for r in rows)  # mean +- std over 2 or 3 seeds
+    finished = {p.parent.name for p in (out / "ray").glob("smoke-confirm-*/finished.json")}
+    for r in rows:  # 2 seeds only where the race stopped the candidate
+        cells = [c.strip() for c in r.split("|")]
+        name, seeds, race = cells[1].split()[0], int(cells[4]), cells[-2]
+        assert {f"smoke-confirm-{name}-s{s}" for s in range(seeds)} <= finished, (r, finished)
+        assert seeds == 3 or race.startswith("stopped after 2 seeds") or (
+            "**(winner)**" in r and all(c.count("stopped after 2") for c in rows if c != r)), r
+    assert f"- Full-length runs: {len(finished)} ({len(finished)} epochs)" in report
+    assert "confirmed winner: " + winner in stopped_search["end"]["stdout"]
+    best = load_yaml(out / "best.yaml")
+    assert best.train.epochs == 1  # the space's long_run length, not the search fidelity (2)
+    assert best.adr.ema_warmup is True  # the space's fixed fields
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    last = {}
+    for r in table:
+        if not r["reference"] and r["epoch"] >= last.get(r["trial_id"], {}).get("epoch", 0):
+            last[r["trial_id"]] = r
+    top = max(last.values(), key=lambda r: (r["val_robust_acc"], r["val_clean_acc"]))
+    expected = {"AT": (0.0, 0.0, 0.1), "paper": (0.7, 0.95, 0.1),
+                "search-1": (top["adr.lambda_start"], top["adr.lambda_end"], top["optim.lr"])}
+    lam0, lam1, lr = expected[winner]
+    assert (best.adr.lambda_start, best.adr.lambda_end, best.optim.lr) == (
+        pytest.approx(lam0), pytest.approx(lam1), pytest.approx(lr))
 
 
 def test_a_search_on_an_imagefolder_set_from_the_command_line_and_its_evaluation(stopped_search):
@@ -175,12 +234,13 @@ def test_a_search_on_an_imagefolder_set_from_the_command_line_and_its_evaluation
         assert "attack: Linf eps 16/255 (0.06275)" in text and "on imagefolder" in text, name
     best = load_yaml(out / "best.yaml")  # the --set fields reach the winner's config
     assert (best.data.dataset, best.data.root, best.data.channels) == ("imagefolder", str(data), 1)
+    assert best.attack.eval_steps == 2
     report = (out / "report.md").read_text()
-    assert f"{TRIALS} trials ({TRIALS} completed)" in report and "scrambled Sobol sequence" in report
+    assert f"{TRIALS} trials (" in report and "scrambled Sobol sequence" in report
 
     run = tmp_path / "long"
-    trained = subprocess.run([sys.executable, "-m", "adr_scale.train", "--config",
-                              str(out / "best.yaml"), "--set", "train.epochs=10", "--workers",
+    trained = subprocess.run([sys.executable, "-m", "adr_scale.train", "--from-search",
+                              str(out), "--set", "train.epochs=10", "--workers",
                               "0", "--out", str(run)],
                              capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]

@@ -1,6 +1,6 @@
 """A killed search (SIGKILL of the driver's process group: the driver and the local Ray it started)
 resumes by rerunning the same command: a trial Optuna holds as finished is kept and never
-reported to Optuna again, and a loaded machine makes the resumed search slower, never stuck.
+reported to Optuna again, and a torn searcher state makes the resumed search wait, never stick.
 
 Its own module: each test runs the CLI in subprocesses that start their own local Ray.
 """
@@ -122,8 +122,8 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
     them to storage in a background thread, so a kill can leave a trial list newer than the
     searcher, whose concurrency slot is still held by the finished trial 0. That torn state is made
     here on purpose (the searcher files from while trial 0 ran, the trial list from after it
-    ended), a busy loop keeps a core busy while the search resumes, and the resumed search must
-    finish."""
+    ended), and the resumed search must finish. (A busy loop beside the resume used to load the
+    machine; the suite's other xdist worker does that, on the 2-core CI box.)"""
     out = tmp_path / "search"
     experiment = out / "ray" / "smoke"
     space = _space(tmp_path)  # the smoke space's ASHA, 2 trials of 1 epoch, one at a time
@@ -154,21 +154,14 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
             f.unlink()
     for f in saved.iterdir():
         shutil.copy(f, experiment / f.name)
-    # The torn state is made by hand, so only the resumed search needs the loaded machine: one
-    # busy loop, a core of the two. With two, the resume took 482 s for one 1-epoch trial (the
-    # Ray processes got ~2 % CPU each), a test of the scheduler's patience, not of the search.
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        start = time.monotonic()
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        took = time.monotonic() - start
-    finally:
-        busy.kill()
+    start = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    took = time.monotonic() - start
     log = _check_resumed(done, out, finished_before)
     assert "resume: freed 1 searcher slot(s) held by trials that will not run again" in log or (
         "resume: trial" in log and "is Optuna trial #1" in log), log[-3000:]
     assert "search waiting (" in log  # the resumed search says what it waits for
-    print(f"resumed search with a busy loop beside it: {took:.0f} s")
+    print(f"resumed search: {took:.0f} s")
     print("\n".join(line for line in log.splitlines() if line.startswith(("resume:", "search wa"))))
 
 

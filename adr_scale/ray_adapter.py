@@ -320,11 +320,7 @@ def start_local_ray(num_cpus: int | None = None,
     instances") wherever a second Ray runs: another search, a test run. The cleaner's thread then
     dies, the placement group stays, and the next trial's workers wait for its CPUs for ever
     (Train retries its 60 s start timeout without limit). So the GCS port is chosen here and
-    handed to the workers.
-
-    ADR_SCALE_RAY_DASHBOARD=0 starts it without the dashboard (its processes cost ~4 CPU s a
-    start and poll while Ray runs): the tests set it."""
-    dashboard = None if os.environ.get("ADR_SCALE_RAY_DASHBOARD", "1") != "0" else False
+    handed to the workers."""
     for attempt in range(1, START_ATTEMPTS + 1):
         with socket.socket() as probe:  # a free port now; Ray binds it a moment later
             probe.bind(("", 0))
@@ -332,7 +328,7 @@ def start_local_ray(num_cpus: int | None = None,
         gcs = f"{ray.util.get_node_ip_address()}:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
         try:
-            ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=dashboard,
+            ray.init(num_cpus=num_cpus, resources=resources,
                      runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
             return
         except Exception as exc:  # Ray waits a fixed 30 s for its raylet, too short when busy

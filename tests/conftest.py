@@ -16,9 +16,6 @@ os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
-# A local Ray started by the code (adr_scale.ray_adapter.start_local_ray) without its dashboard:
-# ~4 CPU s saved per start, and no polling while it runs.
-os.environ.setdefault("ADR_SCALE_RAY_DASHBOARD", "0")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +70,6 @@ SLOWEST_FIRST = (
     "test_tune_pbt.py",
     "test_train_signals.py",
     "test_train_ray.py",
-    "test_train_cli.py",
     "test_generate_ray.py",
     "test_checkpointing.py",
     "test_reliability_processes.py",

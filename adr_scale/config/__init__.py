@@ -34,6 +34,7 @@ from adr_scale.config.presets import (
     paper_overrides,
     paper_text,
     preset,
+    preset_doc,
     svhn_base,
 )
 from adr_scale.config.schema import (
@@ -70,6 +71,6 @@ __all__ = [
     "AttackConfig", "AWPConfig", "ConfigError", "DataConfig", "ddpm_base", "ddpm_paper_text",
     "describe_preset", "dump_yaml", "format_segments", "from_dict", "get_preset", "gin_file",
     "load_yaml", "ModelConfig", "OptimConfig", "paper_base", "paper_overrides", "paper_text",
-    "parse_override", "parse_segments", "parse_value", "preset", "read_yaml_file", "RunConfig",
+    "parse_override", "parse_segments", "parse_value", "preset", "preset_doc", "read_yaml_file", "RunConfig",
     "Segment", "svhn_base", "to_dict", "TrainConfig", "validate", "with_values",
 ]

@@ -8,6 +8,7 @@ them, so the type and the check share one list. Each section's checks sit beside
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -366,16 +367,19 @@ def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}: invalid value {value!r}; allowed: {allowed}")
 
 
+@functools.cache
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(field, allowed values) of every Literal field of a section class (get_type_hints is slow:
+    once per class, not once per validation)."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, typing.get_args(hints[f.name])) for f in dataclasses.fields(cls)
+                 if typing.get_origin(hints[f.name]) is Literal)
+
+
 def choice_checks(prefix: str, section: Any) -> list[Check]:
     """Every Literal field of a section against its Literal's values."""
-    hints = typing.get_type_hints(type(section))
-    out = []
-    for f in dataclasses.fields(section):
-        if typing.get_origin(hints[f.name]) is Literal:
-            allowed = typing.get_args(hints[f.name])
-            value = getattr(section, f.name)
-            out.append((f"{prefix}.{f.name}", value, value in allowed, ", ".join(allowed)))
-    return out
+    return [(f"{prefix}.{name}", (value := getattr(section, name)), value in allowed,
+             ", ".join(allowed)) for name, allowed in _literal_fields(type(section))]
 
 
 def validate(cfg: RunConfig) -> RunConfig:

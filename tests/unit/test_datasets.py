@@ -308,3 +308,18 @@ def test_unknown_dataset_names_the_choices() -> None:
         "data.dataset: unknown dataset 'x'; allowed: cifar10, cifar100, digits, fashion_mnist, "
         "mnist, stl10, svhn, tinyimagenet200"
     )
+
+
+def test_digits_read_from_the_bundled_file_equal_scikit_learns_loader(monkeypatch) -> None:
+    """The file read without importing scikit-learn, and its loader (used where the file is not
+    found), give the same values and labels."""
+    from adr_scale.data import datasets
+
+    values, target = datasets._sklearn_digits()
+    bunch = sk_load_digits()
+    np.testing.assert_array_equal(values, bunch.data)
+    np.testing.assert_array_equal(target, bunch.target)
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    fallback = datasets._sklearn_digits()
+    np.testing.assert_array_equal(fallback[0], bunch.data)
+    np.testing.assert_array_equal(fallback[1], bunch.target)

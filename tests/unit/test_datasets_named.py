@@ -223,7 +223,7 @@ def test_tinyimagenet_uses_the_official_normalisation():
 
 
 def test_svhn_presets_follow_the_svhn_recipe():
-    from adr_scale.config import PRESETS, get_preset
+    from adr_scale.config import PRESETS, get_preset, preset_doc
 
     names = sorted(n for n in PRESETS if n.startswith("svhn_"))
     assert len(names) == 8 and "svhn_resnet18_at_wa_awp_adr" in names
@@ -233,4 +233,4 @@ def test_svhn_presets_follow_the_svhn_recipe():
             "svhn", 0.01, False, 200), name
         assert cfg.adr.enabled == name.endswith("_adr") and cfg.awp.enabled == ("_awp" in name)
         assert cfg.optim.nesterov == (not cfg.awp.enabled) and cfg.train.wa == ("_wa" in name)
-        assert "Rice et al. 2020" in PRESETS[name].__doc__
+        assert "Rice et al. 2020" in preset_doc(name)

@@ -20,6 +20,7 @@ from adr_scale.config import (
     get_preset,
     paper_overrides,
     paper_text,
+    preset_doc,
     to_dict,
 )
 from adr_scale.data import load_splits
@@ -52,7 +53,7 @@ def test_paper_text_is_the_preset_plus_its_overrides_and_docstrings_name_them():
     for name in PRESETS:
         flags = paper_overrides(name)
         assert to_dict(apply_overrides(get_preset(name), flags)) == to_dict(paper_text(name)), name
-        doc = PRESETS[name].__doc__
+        doc = preset_doc(name)
         assert SOURCES[name] in doc, name
         for flag in flags:  # every departure is written next to the preset
             assert flag.split("=")[0] in doc, (name, flag)

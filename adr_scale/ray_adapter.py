@@ -48,6 +48,7 @@ from adr_scale.run.files import (
     first_readable,
     older_checkpoint_dirs,
     read_json,
+    set_aside_torn_record,
     write_checkpoint_files,
 )
 from adr_scale.run.lock import TrainingDiverged
@@ -267,6 +268,10 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, worker
     from the latest checkpoint, and the `keep_best` best checkpoints by validation robust
     accuracy beside the latest (None: the latest only, all a trial needs)."""
     resources = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
+    if torn := set_aside_torn_record(storage, name):
+        print(f"warning: Ray Train's checkpoint record {torn} is unreadable (a kill cut its write "
+              f"short); set aside as {Path(torn).name}.torn, Ray Train starts a new one",
+              file=sys.stderr, flush=True)
     return Trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

@@ -189,6 +189,25 @@ def newest_complete(storage: str, run_name: str) -> tuple[str, list[dict[str, An
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 
 
+def set_aside_torn_record(storage: str, run_name: str) -> str | None:
+    """Ray Train's record of run `run_name`'s checkpoints, when a kill cut its write short (an
+    empty or partial JSON file), makes every rerun's controller fail as it starts
+    (JSONDecodeError). Such a record is renamed `<name>.torn`, so Ray Train starts a new record;
+    returns its path (None when it reads, or there is none). A run of `adr_scale.train` still
+    resumes where it was: its workers take the newest readable checkpoint directory in storage,
+    listed or not (`ray_adapter.newest_readable`); a Tune trial's run starts over."""
+    fs, root = storage_filesystem(storage)
+    path = f"{root}/{run_name}/{RAY_SNAPSHOT_FILE}"
+    try:
+        read_json(fs, path)
+        return None
+    except FileNotFoundError:
+        return None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        fs.move(path, f"{path}.torn")
+        return path
+
+
 def drop_untracked(storage: str, run_name: str) -> list[str]:
     """Delete the checkpoint directories of a finished run that Ray Train's checkpoint manager
     does not track (a stopped run's unrecorded or torn ones; Ray never evicts them); returns

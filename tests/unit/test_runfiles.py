@@ -65,3 +65,18 @@ def test_an_epoch_retrained_after_a_fallback_gets_a_fresh_name_that_sorts_after_
     assert [d.rsplit("/", 1)[1] for d in dirs] == ["epoch-0002", "epoch-0003", again, "epoch-0004"]
     older = runfiles.older_checkpoint_dirs(fs, dirs[2])  # a torn epoch-0003-r01 falls back
     assert [d.rsplit("/", 1)[1] for d in older] == ["epoch-0003", "epoch-0002"]
+
+
+def test_a_torn_ray_record_is_set_aside_and_a_readable_one_kept(tmp_path):
+    from adr_scale.run.files import RAY_SNAPSHOT_FILE, set_aside_torn_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert set_aside_torn_record(str(tmp_path), "run") is None  # no record yet
+    record = run / RAY_SNAPSHOT_FILE
+    record.write_text('{"checkpoint_results": []}')
+    assert set_aside_torn_record(str(tmp_path), "run") is None and record.exists()
+    for torn in ("", '{"checkpoint_results": [{"checkpoint_di'):  # cut short by a kill
+        record.write_text(torn)
+        assert set_aside_torn_record(str(tmp_path), "run") == str(record.resolve())
+        assert not record.exists() and (run / f"{RAY_SNAPSHOT_FILE}.torn").read_text() == torn

@@ -16,6 +16,10 @@ os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# One intra-op thread in every test process and the processes it starts (CLI drivers training
+# in-process): tiny networks on 2 cores shared by two xdist workers, where threads spin-waiting
+# for each other cost several times the CPU (see `one_thread`). A Ray worker gets one from Ray.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="module")

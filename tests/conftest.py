@@ -64,17 +64,17 @@ def one_line(exc, *parts: str) -> str:
 # threaded, so a second worker fills the other core. A module is one unit of work (its module
 # fixtures are set up once, on one worker) and units are handed out in collection order
 # (`--no-loadscope-reorder`), so the slowest modules go first: longest first balances the two
-# workers. Idle seconds from the fresh-clone CI of b252d39 (README "Tests"), where known.
+# workers.
 # (`--dist loadgroup` could split a module across the workers, but with pytest 9.2 xdist 3.8
 # cannot add its group to a test's id and sends every test on its own, module fixtures and all.)
-SLOWEST_FIRST = (
-    "test_tune_interrupt.py",
-    "test_tune_resume.py",
-    "test_tune_halving.py",
-    "test_tune_pbt.py",
-    "test_train_signals.py",
-    "test_train_ray.py",
-    "test_generate_ray.py",
+SLOWEST_FIRST = (  # seconds in the suite at 0558e20, where over a minute
+    "test_tune_interrupt.py",  # 220: one search stopped three ways, its race and the ImageFolder
+    "test_tune_resume.py",  # 160 as two searches, now one killed twice; a second Ray
+    "test_train_signals.py",  # 110: a Ray run stopped three ways, the in-process run, reference
+    "test_tune_halving.py",  # 110
+    "test_tune_pbt.py",  # 70
+    "test_train_ray.py",  # 75
+    "test_generate_ray.py",  # 65
     "test_checkpointing.py",
     "test_reliability_processes.py",
 )

@@ -21,10 +21,10 @@ import yaml
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _space(tmp_path, *, scheduler=None, epochs=1, references=False):
+def _space(tmp_path, *, scheduler=None, epochs=1, references=False, samples=2):
     raw = yaml.safe_load(open("tests/assets/ci_space.yaml"))
-    raw |= {"budget": {"epochs": epochs}, "confirm": {"top_k": 0}, "num_samples": 2,
-            "max_concurrent": 1, "references": references}  # two trials: resume is under test
+    raw |= {"budget": {"epochs": epochs}, "confirm": {"top_k": 0}, "num_samples": samples,
+            "max_concurrent": 1, "references": references}  # few trials: resume is under test
     if scheduler:
         raw["scheduler"] = scheduler
     path = tmp_path / "space.yaml"
@@ -70,38 +70,12 @@ def _first_log(out) -> str:
     return (out.parent / "first.log").read_text()[-3000:]
 
 
-def _check_resumed(done, out, finished_before):
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-4000:]
-    assert "resuming the search" in log
-    assert "UpdateFinishedTrialError" not in log
-    after = {t.number: (t.params, t.values) for t in _complete_trials(out)}
+def _kept(out, finished_before) -> dict:
+    """The trials COMPLETE in the study now; those complete before are kept, not rerun."""
+    now = {t.number: (t.params, t.values) for t in _complete_trials(out)}
     for number, record in finished_before.items():
-        assert after[number] == record  # a finished trial is kept, not rerun
-    assert len(after) == 2
-    table = pq.read_table(out / "results.parquet").to_pylist()
-    assert len({r["trial_id"] for r in table}) == 2  # the trial finished before the kill counts
-    assert {r["status"] for r in table} == {"completed"}
-    return log
-
-
-@pytest.mark.timeout(450)
-def test_a_trial_optuna_holds_as_finished_is_not_reported_again(tmp_path):
-    """scheduler none, one trial at a time, killed the moment trial 0 is COMPLETE in the study:
-    the resumed search must not re-report trial 0 to Optuna (UpdateFinishedTrialError)."""
-    out = tmp_path / "search"
-    space = _space(tmp_path, scheduler={"type": "none"})
-    cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(space), "--out", str(out)]
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    finished_before = _kill_after_first_complete(cmd, out, env)
-    assert finished_before, "no trial finished before the kill: " + _first_log(out)
-    # the kill races Tune's experiment checkpoint: where it saved trial 0 as ended, the resume has
-    # nothing to recognise; where it did not, the resume must say it found trial 0 in the study
-    tune_had_it = "TERMINATED" in _trial_statuses(out / "ray" / "smoke").values()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
-    log = _check_resumed(done, out, finished_before)  # never reported twice, nothing lost
-    if not tune_had_it:
-        assert "is already COMPLETE in the Optuna study (#0" in log  # recognised on resume
+        assert now[number] == record
+    return now
 
 
 def _trial_statuses(experiment: Path) -> dict[str, str]:
@@ -114,54 +88,85 @@ def _trial_statuses(experiment: Path) -> dict[str, str]:
 
 
 SEARCHER_FILES = ("search_gen_state-*.json", "searcher-state-*.pkl")
+TRIALS = 3
 
 
-@pytest.mark.timeout(900)
-def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
-    """The stall: Tune writes its trial list and its searcher state one after the other and copies
-    them to storage in a background thread, so a kill can leave a trial list newer than the
-    searcher, whose concurrency slot is still held by the finished trial 0. That torn state is made
-    here on purpose (the searcher files from while trial 0 ran, the trial list from after it
-    ended), and the resumed search must finish. (A busy loop beside the resume used to load the
-    machine; the suite's other xdist worker does that, on the 2-core CI box.)"""
+@pytest.mark.timeout(1200)
+def test_a_search_killed_twice_resumes_without_losing_or_rereporting_a_finished_trial(tmp_path):
+    """Three trials, one at a time (scheduler none); the driver's process group is SIGKILLed
+    twice and the same command resumes each time:
+
+    1. the moment trial 0 is COMPLETE in the Optuna study. The kill races Tune's experiment
+       checkpoint: where Tune had saved trial 0 as ended, the resume has nothing to recognise;
+       where it had not, the resume must say it found trial 0 in the study. Either way trial 0
+       is never reported to Optuna again (UpdateFinishedTrialError) and its record is kept.
+    2. in the resumed search, once Tune records the end of the next trial, with a torn state
+       made on purpose. Tune writes its trial list and its searcher state one after the other and
+       copies them to storage in a background thread, so a kill can leave a trial list newer than
+       the searcher, whose concurrency slot is still held by the finished trial: the searcher
+       files from while that trial ran, the trial list from after it ended (the stall). The
+       resumed search must free the slot, say what it waits for, and finish.
+
+    One search for both kills: each driver start is a local Ray start, each trial a
+    TorchTrainer.fit (the two kills were two searches)."""
     out = tmp_path / "search"
     experiment = out / "ray" / "smoke"
-    space = _space(tmp_path)  # the smoke space's ASHA, 2 trials of 1 epoch, one at a time
+    space = _space(tmp_path, scheduler={"type": "none"}, samples=TRIALS)
     cmd = [sys.executable, "-m", "adr_scale.tune", "--space", str(space), "--out", str(out)]
     env = os.environ | {"PYTHONUNBUFFERED": "1", "ADR_SCALE_WAIT_REPORT_S": "5"}
-    with open(tmp_path / "first.log", "w") as first_log:
-        first = subprocess.Popen(cmd, stdout=first_log, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True)
-    saved, deadline = tmp_path / "searcher-while-trial-0-ran", time.monotonic() + 420
-    while time.monotonic() < deadline and first.poll() is None:
-        statuses = _trial_statuses(experiment)
-        if not _complete_trials(out) and list(statuses.values()) == ["RUNNING"]:
+
+    # 1. killed as trial 0 completes in the study
+    finished_before = _kill_after_first_complete(cmd, out, env)
+    assert finished_before, "no trial finished before the kill: " + _first_log(out)
+    tune_had_it = "TERMINATED" in _trial_statuses(experiment).values()
+
+    # 2. resumed, and killed once Tune has recorded the end of a second trial (trial 0 is rerun
+    # first where Tune had not recorded its end)
+    with open(tmp_path / "second.log", "w") as second_log:
+        second = subprocess.Popen(cmd, stdout=second_log, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+    saved, deadline = tmp_path / "searcher-while-it-ran", time.monotonic() + 420
+    while time.monotonic() < deadline and second.poll() is None:
+        statuses = list(_trial_statuses(experiment).values())
+        if statuses.count("TERMINATED") == 1 and "RUNNING" in statuses:
             shutil.rmtree(saved, ignore_errors=True)
             saved.mkdir()
-            for pattern in SEARCHER_FILES:
-                for f in experiment.glob(pattern):
+            for pattern in SEARCHER_FILES:  # the newest (each driver start writes its own)
+                for f in sorted(experiment.glob(pattern))[-1:]:
                     shutil.copy(f, saved / f.name)
-        elif "TERMINATED" in statuses.values():
-            break  # Tune has recorded trial 0's end
+        elif statuses.count("TERMINATED") >= 2:
+            break  # Tune has recorded the second trial's end
         time.sleep(0.2)
-    _kill_group(first)
-    finished_before = {t.number: (t.params, t.values) for t in _complete_trials(out)}
-    assert finished_before and "TERMINATED" in _trial_statuses(experiment).values(), \
-        "trial 0 did not finish before the kill: " + _first_log(out)
-    assert len(list(saved.glob("*"))) == 2, "no searcher state was seen while trial 0 ran"
+    _kill_group(second)
+    log = (tmp_path / "second.log").read_text()
+    assert "resuming the search" in log and "UpdateFinishedTrialError" not in log, log[-3000:]
+    if not tune_had_it:
+        assert "is already COMPLETE in the Optuna study (#0" in log  # recognised on resume
+    finished_mid = _kept(out, finished_before)
+    assert list(_trial_statuses(experiment).values()).count("TERMINATED") >= 2, log[-3000:]
+    assert len(finished_mid) > len(finished_before)
+    assert len(list(saved.glob("*"))) == 2, "no searcher state was seen while the trial ran"
     for pattern in SEARCHER_FILES:  # the torn checkpoint: an older searcher state
         for f in experiment.glob(pattern):
             f.unlink()
     for f in saved.iterdir():
         shutil.copy(f, experiment / f.name)
+
+    # 3. resumed to the end
     start = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     took = time.monotonic() - start
-    log = _check_resumed(done, out, finished_before)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "resuming the search" in log and "UpdateFinishedTrialError" not in log
     assert "resume: freed 1 searcher slot(s) held by trials that will not run again" in log or (
-        "resume: trial" in log and "is Optuna trial #1" in log), log[-3000:]
+        "resume: trial" in log and "is Optuna trial #" in log), log[-3000:]
     assert "search waiting (" in log  # the resumed search says what it waits for
-    print(f"resumed search: {took:.0f} s")
+    assert len(_kept(out, finished_mid)) == TRIALS
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert len({r["trial_id"] for r in table}) == TRIALS  # those finished before the kills count
+    assert {r["status"] for r in table} == {"completed"}
+    print(f"search resumed after two kills: {took:.0f} s")
     print("\n".join(line for line in log.splitlines() if line.startswith(("resume:", "search wa"))))
 
 

@@ -59,10 +59,11 @@ def _coerce(key: str, value: Any, annotation: Any, *, text: bool = True) -> Any:
         if isinstance(value, annotation):
             return value
         raise ConfigError(f"{key}: invalid value {value!r}; allowed: a {annotation.__name__}")
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: invalid value {value!r}; allowed: a list, e.g. [a, b]")
-        return tuple(_coerce(f"{key}[{i}]", v, args[0], text=text) for i, v in enumerate(value))
+        items = [_coerce(f"{key}[{i}]", v, args[0], text=text) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: invalid value {value!r}; allowed: a mapping")
@@ -71,10 +72,6 @@ def _coerce(key: str, value: Any, annotation: Any, *, text: bool = True) -> Any:
         if isinstance(value, str) and value in args:
             return value
         raise ConfigError(f"{key}: invalid value {value!r}; allowed: {', '.join(args)}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: invalid value {value!r}; allowed: a list, e.g. [a, b]")
-        return [_coerce(f"{key}[{i}]", v, args[0], text=text) for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -20,6 +20,7 @@ from adr_scale.config.schema import (
     ConfigError,
     RunConfig,
     Segment,
+    field_types,
     format_segments,
     parse_segments,
     validate,
@@ -34,10 +35,6 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out = dataclasses.asdict(cfg)
     out["adr"]["segments"] = format_segments(cfg.adr.segments)
     return out
-
-
-def field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _coerce(key: str, value: Any, annotation: Any, *, text: bool = True) -> Any:

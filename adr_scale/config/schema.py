@@ -368,10 +368,16 @@ def _fail(key: str, value: Any, allowed: str) -> None:
 
 
 @functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The declared types of a dataclass's fields (typing.get_type_hints, which is slow: once per
+    class, not once per config read or validated). Shared: do not modify."""
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
 def _literal_fields(cls: type) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """(field, allowed values) of every Literal field of a section class (get_type_hints is slow:
-    once per class, not once per validation)."""
-    hints = typing.get_type_hints(cls)
+    """(field, allowed values) of every Literal field of a section class."""
+    hints = field_types(cls)
     return tuple((f.name, typing.get_args(hints[f.name])) for f in dataclasses.fields(cls)
                  if typing.get_origin(hints[f.name]) is Literal)
 

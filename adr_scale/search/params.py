@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from adr_scale.config import ConfigError, RunConfig, parse_value
-from adr_scale.config.io import dataclass_from_dict, field_types
+from adr_scale.config.io import dataclass_from_dict
+from adr_scale.config.schema import field_types
 
 Distribution = Literal["categorical", "int", "loguniform", "uniform"]
 DISTRIBUTIONS = typing.get_args(Distribution)
